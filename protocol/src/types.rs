@@ -1,0 +1,261 @@
+//! The `data` payloads of replies, REST responses and events.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Money and prize values: an exact amount in hundredths, written on the
+/// wire as a JSON number with two places (`12.50`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(pub i64);
+
+impl Money {
+    pub fn cents(self) -> i64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Money {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        write!(f, "{sign}{}.{:02}", abs / 100, abs % 100)
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // A raw number keeps the two places that an f64 would lose.
+        let raw = serde_json::value::RawValue::from_string(self.to_string())
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        Ok(Money((v * 100.0).round() as i64))
+    }
+}
+
+/// A published probability: ten-thousandths, written as a JSON number with
+/// four places (`0.0350`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Probability(pub u32);
+
+impl Serialize for Probability {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = format!("{}.{:04}", self.0 / 10_000, self.0 % 10_000);
+        let raw =
+            serde_json::value::RawValue::from_string(text).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Probability {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        Ok(Probability((v * 10_000.0).round() as u32))
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UserInfo {
+    pub user_id: u64,
+    /// Masked: `138****8001`.
+    pub mobile: String,
+    pub nickname: String,
+    pub total_points: i64,
+    pub is_merchant: bool,
+    pub avatar: Option<String>,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: u64,
+    pub user_info: UserInfo,
+    pub is_new_user: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifyResponse {
+    pub valid: bool,
+    pub user_info: UserInfo,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pagination {
+    pub total: u64,
+    pub page: u32,
+    pub limit: u32,
+    pub total_pages: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PointsRecord {
+    pub record_id: u64,
+    /// `earn` or `spend`; `points` is always positive.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub points: i64,
+    pub balance_after: i64,
+    pub source: String,
+    pub description: String,
+    pub related_id: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PointsRecords {
+    pub records: Vec<PointsRecord>,
+    pub pagination: Pagination,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PrizeView {
+    pub prize_id: u64,
+    pub prize_name: String,
+    pub prize_type: String,
+    pub prize_value: Money,
+    pub angle: u16,
+    pub color: String,
+    /// The published odds, four decimal places.
+    pub probability: Probability,
+    pub is_activity: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PityView {
+    pub threshold: u32,
+    pub current: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LotteryConfigView {
+    pub cost_points: i64,
+    pub prizes: Vec<PrizeView>,
+    pub draw_counts: Vec<u32>,
+    /// Draws a user may make per day; 0 means no limit.
+    pub daily_limit: u32,
+    pub pity: PityView,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrawRequest {
+    pub draw_count: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DrawItem {
+    pub draw_id: String,
+    pub prize_id: u64,
+    pub prize_name: String,
+    pub prize_type: String,
+    pub prize_value: Money,
+    pub angle: u16,
+    pub is_pity: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DrawResult {
+    pub draws: Vec<DrawItem>,
+    pub points_cost: i64,
+    pub remaining_points: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrawRecord {
+    pub draw_id: String,
+    pub prize_id: u64,
+    pub prize_name: String,
+    pub prize_type: String,
+    pub prize_value: Money,
+    pub angle: u16,
+    pub is_pity: bool,
+    pub points_cost: i64,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrawRecords {
+    pub draws: Vec<DrawRecord>,
+    pub pagination: Pagination,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Welcome {
+    pub user_id: u64,
+    pub total_points: i64,
+    pub last_seq: u64,
+    pub heartbeat_interval_ms: u64,
+    pub server_time: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PointsUpdate {
+    pub user_id: u64,
+    pub total_points: i64,
+    pub change_points: i64,
+    pub reason: String,
+    pub source: String,
+    pub timestamp: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub since: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SyncResult {
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SyncReset {
+    pub reset: bool,
+    pub last_seq: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuthRefreshRequest {
+    pub access_token: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuthRefreshResult {
+    pub user_id: u64,
+    pub expires_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PingResult {
+    pub server_time: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_is_a_number_with_two_places() {
+        assert_eq!(serde_json::to_string(&Money(1250)).unwrap(), "12.50");
+        assert_eq!(serde_json::to_string(&Money(5)).unwrap(), "0.05");
+        assert_eq!(serde_json::to_string(&Money(-5)).unwrap(), "-0.05");
+        let m: Money = serde_json::from_str("12.5").unwrap();
+        assert_eq!(m, Money(1250));
+    }
+
+    #[test]
+    fn probabilities_have_four_places() {
+        assert_eq!(serde_json::to_string(&Probability(350)).unwrap(), "0.0350");
+        assert_eq!(
+            serde_json::to_string(&Probability(10_000)).unwrap(),
+            "1.0000"
+        );
+    }
+}

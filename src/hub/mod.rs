@@ -1,0 +1,284 @@
+//! Who is connected: a registry of live sockets keyed by user, each with a
+//! bounded outbox. Delivery never waits on a socket: a message is queued or,
+//! when the outbox is full, the socket is marked too slow and closed, so one
+//! slow reader can never stall a broadcast or a command.
+
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+use crate::domain::points::UserEvent;
+use protocol::close;
+
+/// A frame waiting for its socket's task to write it.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// One of the user's durable events: the socket writes them in `seq`
+    /// order, filling gaps from the database and skipping repeats.
+    User { seq: u64, frame: Utf8Bytes },
+    /// A latest-value event for everyone (serialized once, shared bytes).
+    Broadcast(Utf8Bytes),
+}
+
+/// The queue between the hub and one socket's task. Lighter than a channel:
+/// an idle socket's queue holds no allocation.
+pub struct Outbox {
+    queue: Mutex<VecDeque<Outgoing>>,
+    /// Wakes the socket task: something was queued, or it must close.
+    notify: Notify,
+    /// A close code the socket must close with (0: none).
+    close: AtomicU16,
+    capacity: usize,
+}
+
+impl Outbox {
+    fn new(capacity: usize) -> Outbox {
+        Outbox {
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            close: AtomicU16::new(0),
+            capacity,
+        }
+    }
+
+    /// Queues a frame; false when the socket is closing or just became too slow.
+    fn push(&self, msg: Outgoing) -> bool {
+        if self.close.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= self.capacity {
+            drop(q);
+            self.close_with(close::TOO_SLOW);
+            return false;
+        }
+        q.push_back(msg);
+        drop(q);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Asks the socket to close with `code`; the first code asked wins.
+    pub fn close_with(&self, code: u16) {
+        let _ = self
+            .close
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    pub fn close_code(&self) -> Option<u16> {
+        match self.close.load(Ordering::Acquire) {
+            0 => None,
+            c => Some(c),
+        }
+    }
+
+    /// Takes everything queued. The queue is left without an allocation.
+    pub fn take(&self) -> VecDeque<Outgoing> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Resolves when something was queued or a close was asked since the
+    /// last wait (a notification that arrives between waits is kept).
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+}
+
+/// One live socket.
+pub struct Conn {
+    /// Unique within this process; tells a user's sockets apart.
+    pub id: u64,
+    /// The login session whose token opened (or last refreshed) the socket;
+    /// revoking the session closes it.
+    pub session_id: AtomicU64,
+    pub outbox: Outbox,
+}
+
+pub struct Hub {
+    /// Sockets per user, oldest first.
+    users: DashMap<u64, Vec<Arc<Conn>>>,
+    /// Live sockets in all (kept beside the map so reading it locks nothing).
+    total: AtomicUsize,
+    next_id: AtomicU64,
+    max_per_user: usize,
+    outbox_capacity: usize,
+}
+
+impl Hub {
+    pub fn new(max_per_user: usize, outbox_capacity: usize) -> Hub {
+        Hub {
+            users: DashMap::new(),
+            total: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            max_per_user: max_per_user.max(1),
+            outbox_capacity,
+        }
+    }
+
+    /// Adds a socket for `user_id`. When the user already holds the maximum,
+    /// the oldest is closed with 4002. Dropping the registration removes it.
+    pub fn register(self: &Arc<Self>, user_id: u64, session_id: u64) -> Registration {
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            session_id: AtomicU64::new(session_id),
+            outbox: Outbox::new(self.outbox_capacity),
+        });
+        let mut entry = self.users.entry(user_id).or_default();
+        entry.push(conn.clone());
+        let excess = entry.len().saturating_sub(self.max_per_user);
+        for old in entry.iter().take(excess) {
+            old.outbox.close_with(close::REPLACED);
+        }
+        drop(entry);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Registration {
+            hub: self.clone(),
+            user_id,
+            conn,
+        }
+    }
+
+    fn unregister(&self, user_id: u64, conn_id: u64) {
+        // Drops the user's entry with their last socket.
+        self.users.remove_if_mut(&user_id, |_, conns| {
+            conns.retain(|c| c.id != conn_id);
+            conns.is_empty()
+        });
+        self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn sockets_of(&self, user_id: u64) -> Vec<Arc<Conn>> {
+        self.users
+            .get(&user_id)
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Pushes committed user events to every socket of their users.
+    pub fn deliver(&self, events: &[UserEvent]) {
+        for e in events {
+            let frame = Utf8Bytes::from(e.frame.clone());
+            for conn in self.sockets_of(e.user_id) {
+                conn.outbox.push(Outgoing::User {
+                    seq: e.seq,
+                    frame: frame.clone(),
+                });
+            }
+        }
+    }
+
+    /// Sends one frame to every socket; returns how many took it.
+    pub fn broadcast(&self, frame: Utf8Bytes) -> usize {
+        let conns: Vec<Arc<Conn>> = self.users.iter().flat_map(|e| e.value().clone()).collect();
+        conns
+            .iter()
+            .filter(|c| c.outbox.push(Outgoing::Broadcast(frame.clone())))
+            .count()
+    }
+
+    pub fn close_session(&self, user_id: u64, session_id: u64, code: u16) {
+        for c in self.sockets_of(user_id) {
+            if c.session_id.load(Ordering::Relaxed) == session_id {
+                c.outbox.close_with(code);
+            }
+        }
+    }
+
+    pub fn close_all(&self, code: u16) {
+        for e in self.users.iter() {
+            for c in e.value() {
+                c.outbox.close_with(code);
+            }
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+}
+
+/// A socket's place in the hub, held by its task for as long as it runs.
+pub struct Registration {
+    hub: Arc<Hub>,
+    pub user_id: u64,
+    pub conn: Arc<Conn>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(self.user_id, self.conn.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(user_id: u64, seq: u64) -> UserEvent {
+        UserEvent {
+            user_id,
+            seq,
+            kind: "points_update",
+            frame: format!(r#"{{"type":"points_update","seq":{seq},"data":{{}}}}"#),
+        }
+    }
+
+    #[test]
+    fn events_reach_every_socket_of_their_user_only() {
+        let hub = Arc::new(Hub::new(5, 8));
+        let a1 = hub.register(1, 10);
+        let a2 = hub.register(1, 11);
+        let b = hub.register(2, 20);
+        hub.deliver(&[event(1, 1)]);
+        assert_eq!(a1.conn.outbox.take().len(), 1);
+        assert_eq!(a2.conn.outbox.take().len(), 1);
+        assert!(b.conn.outbox.take().is_empty());
+        assert_eq!((hub.connections(), hub.users()), (3, 2));
+        drop(a1);
+        drop(a2);
+        assert_eq!((hub.connections(), hub.users()), (1, 1));
+    }
+
+    #[test]
+    fn the_oldest_socket_is_replaced_past_the_cap() {
+        let hub = Arc::new(Hub::new(2, 8));
+        let first = hub.register(1, 1);
+        let second = hub.register(1, 1);
+        let third = hub.register(1, 1);
+        assert_eq!(first.conn.outbox.close_code(), Some(close::REPLACED));
+        assert_eq!(second.conn.outbox.close_code(), None);
+        assert_eq!(third.conn.outbox.close_code(), None);
+    }
+
+    #[test]
+    fn a_full_outbox_closes_its_socket_and_spares_the_others() {
+        let hub = Arc::new(Hub::new(5, 2));
+        let slow = hub.register(1, 1);
+        let fast = hub.register(2, 2);
+        for _ in 0..3 {
+            hub.broadcast(Utf8Bytes::from_static("{}"));
+            fast.conn.outbox.take();
+        }
+        assert_eq!(slow.conn.outbox.close_code(), Some(close::TOO_SLOW));
+        assert_eq!(fast.conn.outbox.close_code(), None);
+        assert_eq!(hub.broadcast(Utf8Bytes::from_static("{}")), 1);
+    }
+
+    #[test]
+    fn closing_a_session_closes_only_its_sockets() {
+        let hub = Arc::new(Hub::new(5, 8));
+        let s1 = hub.register(1, 100);
+        let s2 = hub.register(1, 200);
+        hub.close_session(1, 100, close::AUTH_EXPIRED);
+        assert_eq!(s1.conn.outbox.close_code(), Some(close::AUTH_EXPIRED));
+        assert_eq!(s2.conn.outbox.close_code(), None);
+    }
+}

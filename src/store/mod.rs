@@ -1,0 +1,60 @@
+//! SQL, by table group. Functions that write take `&mut Tx` so that the
+//! caller (a domain function) owns the transaction: it begins, commits, and
+//! decides what belongs together.
+
+pub mod auth;
+pub mod events;
+pub mod idempotency;
+pub mod ledger;
+pub mod lottery;
+pub mod users;
+
+use crate::config::Config;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{MySql, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub type Tx = Transaction<'static, MySql>;
+
+/// Connects with retries and exponential backoff, logging each try, so the
+/// server can start before its database is ready.
+pub async fn connect(config: &Config) -> Result<MySqlPool, sqlx::Error> {
+    let options = MySqlConnectOptions::from_str(config.database_url.expose())?
+        .charset("utf8mb4")
+        .collation("utf8mb4_unicode_ci");
+    let pool_options = MySqlPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .min_connections(1)
+        .acquire_timeout(config.db_acquire_timeout)
+        .idle_timeout(Duration::from_secs(600));
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match pool_options.clone().connect_with(options.clone()).await {
+            Ok(pool) => {
+                tracing::info!(attempt, "connected to the database");
+                return Ok(pool);
+            }
+            Err(e) if attempt <= config.db_connect_retries => {
+                tracing::warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "database connection failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::error!(attempt, error = %e, "database connection failed; giving up");
+                return Err(e);
+            }
+        }
+    }
+}
+
+pub async fn migrate(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("./migrations").run(pool).await
+}
+
+/// `LIMIT ? OFFSET ?` arguments for a 1-based page.
+pub fn offset(page: u32, page_size: u32) -> u64 {
+    (page.saturating_sub(1) as u64) * page_size as u64
+}

@@ -1,0 +1,121 @@
+//! The `users` table.
+
+use super::Tx;
+use chrono::NaiveDate;
+use sqlx::{FromRow, MySqlPool};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct UserRow {
+    pub user_id: u64,
+    pub mobile: String,
+    pub nickname: String,
+    pub avatar: Option<String>,
+    pub total_points: i64,
+    pub is_merchant: bool,
+    pub status: String,
+}
+
+pub async fn find(pool: &MySqlPool, user_id: u64) -> sqlx::Result<Option<UserRow>> {
+    sqlx::query_as(
+        "SELECT user_id, mobile, nickname, avatar, total_points, is_merchant, status \
+         FROM users WHERE user_id = ?",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn find_by_mobile(tx: &mut Tx, mobile: &str) -> sqlx::Result<Option<UserRow>> {
+    sqlx::query_as(
+        "SELECT user_id, mobile, nickname, avatar, total_points, is_merchant, status \
+         FROM users WHERE mobile = ? FOR UPDATE",
+    )
+    .bind(mobile)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Inserts a user with no points (the register bonus goes through the
+/// ledger). `None` when the mobile was taken concurrently.
+pub async fn insert(tx: &mut Tx, mobile: &str, nickname: &str) -> sqlx::Result<Option<u64>> {
+    let res = sqlx::query("INSERT IGNORE INTO users (mobile, nickname) VALUES (?, ?)")
+        .bind(mobile)
+        .bind(nickname)
+        .execute(&mut **tx)
+        .await?;
+    Ok((res.rows_affected() == 1).then(|| res.last_insert_id()))
+}
+
+pub async fn touch_login(tx: &mut Tx, user_id: u64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE users SET last_login_at = CURRENT_TIMESTAMP(3) WHERE user_id = ?")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_merchant(pool: &MySqlPool, mobile: &str, merchant: bool) -> sqlx::Result<bool> {
+    let res = sqlx::query("UPDATE users SET is_merchant = ? WHERE mobile = ?")
+        .bind(merchant)
+        .bind(mobile)
+        .execute(pool)
+        .await?;
+    Ok(res.rows_affected() > 0)
+}
+
+/// The row every points-changing transaction locks first. Holding it
+/// serializes all of one user's writes, which is what keeps the balance
+/// non-negative, the ledger in step and `seq` gap-free.
+#[derive(Debug, Clone, FromRow)]
+pub struct LockedUser {
+    pub user_id: u64,
+    pub total_points: i64,
+    pub last_seq: u64,
+    pub pity_count: u32,
+    pub draw_day: Option<NaiveDate>,
+    pub draw_day_count: u32,
+    pub status: String,
+}
+
+pub async fn lock(tx: &mut Tx, user_id: u64) -> sqlx::Result<Option<LockedUser>> {
+    sqlx::query_as(
+        "SELECT user_id, total_points, last_seq, pity_count, draw_day, draw_day_count, status \
+         FROM users WHERE user_id = ? FOR UPDATE",
+    )
+    .bind(user_id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Writes back what a transaction changed on the locked row.
+pub async fn write_back(tx: &mut Tx, u: &LockedUser) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE users SET total_points = ?, last_seq = ?, pity_count = ?, draw_day = ?, draw_day_count = ? \
+         WHERE user_id = ?",
+    )
+    .bind(u.total_points)
+    .bind(u.last_seq)
+    .bind(u.pity_count)
+    .bind(u.draw_day)
+    .bind(u.draw_day_count)
+    .bind(u.user_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Balance and newest event seq, for a socket's `welcome`.
+pub async fn points_and_seq(pool: &MySqlPool, user_id: u64) -> sqlx::Result<Option<(i64, u64)>> {
+    sqlx::query_as("SELECT total_points, last_seq FROM users WHERE user_id = ?")
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn pity_count(pool: &MySqlPool, user_id: u64) -> sqlx::Result<u32> {
+    let v: Option<(u32,)> = sqlx::query_as("SELECT pity_count FROM users WHERE user_id = ?")
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(v.map(|v| v.0).unwrap_or(0))
+}

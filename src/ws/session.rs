@@ -1,0 +1,290 @@
+//! One socket's task: a single `select!` loop over the socket, its outbox,
+//! the heartbeat and shutdown. Commands run inline, one at a time, so a
+//! socket costs one task and no per-command allocation beyond the command.
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use protocol::{Welcome, close, event};
+use rand::Rng;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+
+use super::commands;
+use crate::domain::auth::AuthUser;
+use crate::domain::now_rfc3339;
+use crate::hub::{Outgoing, Registration};
+use crate::state::AppState;
+use crate::store;
+
+/// A write that cannot complete in this time means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why the loop ended.
+enum End {
+    /// Close the socket with this code.
+    Close(u16, &'static str),
+    /// The peer is gone (closed, reset, or stopped reading): just drop it.
+    Gone,
+}
+
+pub(super) struct Session<S> {
+    socket: S,
+    pub(super) state: AppState,
+    pub(super) auth: AuthUser,
+    pub(super) reg: Registration,
+    /// Seq of the newest user event written to this socket; events are
+    /// written in order with no gaps and no repeats.
+    pub(super) last_sent_seq: u64,
+    last_seen: Instant,
+    /// Token bucket for the command rate.
+    tokens: f64,
+    refilled: Instant,
+    /// Commands refused in a row for rate; past the burst the socket closes.
+    strikes: u32,
+}
+
+pub async fn run<S>(socket: S, state: AppState, auth: AuthUser, since: Option<u64>)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let reg = state.hub.register(auth.user_id, auth.session_id);
+    state.metrics.ws_accepted.fetch_add(1, Ordering::Relaxed);
+    let burst = state.config.ws_command_burst as f64;
+    let mut session = Session {
+        socket,
+        state,
+        auth,
+        reg,
+        last_sent_seq: 0,
+        last_seen: Instant::now(),
+        tokens: burst,
+        refilled: Instant::now(),
+        strikes: 0,
+    };
+    let end = session.serve(since).await;
+    if let End::Close(code, reason) = end {
+        if code == close::TOO_SLOW {
+            session
+                .state
+                .metrics
+                .slow_socket_closes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = timeout(
+            CLOSE_TIMEOUT,
+            session.socket.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+}
+
+impl<S> Session<S>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    async fn serve(&mut self, since: Option<u64>) -> End {
+        let Ok(Some((total_points, last_seq))) =
+            store::users::points_and_seq(&self.state.db, self.auth.user_id).await
+        else {
+            return End::Close(1011, "try again later");
+        };
+        self.last_sent_seq = last_seq;
+        let interval = self.state.config.heartbeat_interval;
+        let welcome = Welcome {
+            user_id: self.auth.user_id,
+            total_points,
+            last_seq,
+            heartbeat_interval_ms: interval.as_millis() as u64,
+            server_time: now_rfc3339(),
+        };
+        let mut frames = vec![event_text(event::WELCOME, &welcome)];
+        if let Some(since) = since {
+            frames.extend(commands::sync_after_connect(self, since).await);
+        }
+        if let Err(end) = self.write(frames).await {
+            return end;
+        }
+
+        // Spread pings so that sockets that connected together do not all
+        // ping at the same instant.
+        let first = interval.mul_f64(rand::rng().random_range(0.5..1.0));
+        let mut ticker = tokio::time::interval_at(Instant::now() + first, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let shutdown = self.state.shutdown.clone();
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
+                _ = self.reg.conn.outbox.wait() => {
+                    if let Some(code) = self.reg.conn.outbox.close_code() {
+                        return End::Close(code, close_reason(code));
+                    }
+                    if let Err(end) = self.flush_outbox().await {
+                        return end;
+                    }
+                }
+                msg = self.socket.next() => {
+                    self.last_seen = Instant::now();
+                    match msg {
+                        Some(Ok(Message::Text(text))) => {
+                            let frames = self.on_text(&text).await;
+                            if let Some(code) = self.reg.conn.outbox.close_code() {
+                                return End::Close(code, close_reason(code));
+                            }
+                            if let Err(end) = self.write(frames).await {
+                                return end;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            let frames = vec![commands::error_event(protocol::ErrorCode::MalformedFrame)];
+                            if let Err(end) = self.write(frames).await {
+                                return end;
+                            }
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Close(_))) | None => return End::Gone,
+                        Some(Err(e)) if is_too_big(&e) => return End::Close(close::TOO_BIG, "frame too large"),
+                        Some(Err(_)) => return End::Gone,
+                    }
+                }
+                _ = ticker.tick() => {
+                    if self.last_seen.elapsed() > interval * 2 {
+                        return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                    }
+                    if chrono::Utc::now().timestamp() >= self.auth.expires_at {
+                        return End::Close(close::AUTH_EXPIRED, "token expired");
+                    }
+                    if timeout(WRITE_TIMEOUT, self.socket.send(Message::Ping(Default::default()))).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rate-limits, then runs one command.
+    async fn on_text(&mut self, text: &str) -> Vec<String> {
+        let cfg = &self.state.config;
+        let now = Instant::now();
+        let burst = cfg.ws_command_burst as f64;
+        self.tokens = (self.tokens
+            + now.duration_since(self.refilled).as_secs_f64() * cfg.ws_commands_per_sec as f64)
+            .min(burst);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            self.strikes += 1;
+            if self.strikes > cfg.ws_command_burst {
+                self.reg.conn.outbox.close_with(close::RATE_LIMITED);
+                return Vec::new();
+            }
+            return vec![commands::refuse(text, protocol::ErrorCode::RateLimited)];
+        }
+        self.tokens -= 1.0;
+        self.strikes = 0;
+        self.state
+            .metrics
+            .ws_commands
+            .fetch_add(1, Ordering::Relaxed);
+        commands::handle(self, text).await
+    }
+
+    /// Writes queued hub messages. User events go out in `seq` order: one
+    /// that arrives ahead of its predecessors (two commits pushed in the
+    /// other order) first pulls the missing ones from the database, and one
+    /// already written (by a replay) is skipped.
+    async fn flush_outbox(&mut self) -> Result<(), End> {
+        let mut frames: Vec<Utf8Bytes> = Vec::new();
+        for item in self.reg.conn.outbox.take() {
+            match item {
+                Outgoing::Broadcast(frame) => frames.push(frame),
+                Outgoing::User { seq, frame } => {
+                    if seq <= self.last_sent_seq {
+                        continue;
+                    }
+                    if seq > self.last_sent_seq + 1 {
+                        match store::events::between(
+                            &self.state.db,
+                            self.auth.user_id,
+                            self.last_sent_seq,
+                            seq - 1,
+                        )
+                        .await
+                        {
+                            Ok(missing) => {
+                                frames.extend(missing.into_iter().map(|(_, f)| Utf8Bytes::from(f)))
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not fill an event gap; the client will resync")
+                            }
+                        }
+                    }
+                    frames.push(frame);
+                    self.last_sent_seq = seq;
+                }
+            }
+        }
+        self.write_bytes(frames).await
+    }
+
+    async fn write(&mut self, frames: Vec<String>) -> Result<(), End> {
+        self.write_bytes(frames.into_iter().map(Utf8Bytes::from).collect())
+            .await
+    }
+
+    async fn write_bytes(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), End> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let socket = &mut self.socket;
+        let write = async move {
+            for f in frames {
+                socket.feed(Message::Text(f)).await?;
+            }
+            socket.flush().await
+        };
+        match timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+}
+
+pub(super) fn event_text<T: serde::Serialize>(kind: &str, data: &T) -> String {
+    serde_json::to_string(&protocol::EventFrame {
+        kind,
+        seq: None,
+        data,
+    })
+    .unwrap_or_default()
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        close::AUTH_EXPIRED => "session ended",
+        close::REPLACED => "replaced by a newer connection",
+        close::RATE_LIMITED => "rate limited",
+        close::TOO_SLOW => "too slow to read events",
+        close::PROTOCOL_VIOLATION => "protocol violation",
+        close::GOING_AWAY => "server shutting down",
+        _ => "",
+    }
+}
+
+/// tungstenite's size-limit errors, through axum's error wrapper.
+fn is_too_big(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
