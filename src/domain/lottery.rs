@@ -13,7 +13,7 @@ use tracing::instrument;
 
 use super::points::{Account, UserEvent, source};
 use super::wheel::{DRAW_COUNTS, Prize, PrizeType, WheelConfig};
-use super::{DataJson, IdemKey, Page, to_rfc3339};
+use super::{DataJson, IdemKey, Page, stored_result, to_rfc3339};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::store::{self, Tx};
@@ -122,48 +122,49 @@ pub async fn draw(
     let wheel = active_wheel(state)?;
     let wheel = wheel.as_ref().as_ref().expect("checked by active_wheel");
 
-    let mut tx = state
-        .db
-        .begin()
-        .await
-        .map_err(|e| Error::from(e).during(ErrorCode::DrawFailed))?;
-    let outcome = draw_in(state, &mut tx, wheel, user_id, draw_count, key).await;
-    match outcome {
-        Ok(Drawn::Fresh(data, events)) => {
-            tx.commit()
-                .await
-                .map_err(|e| Error::from(e).during(ErrorCode::DrawFailed))?;
-            state
-                .metrics
-                .draws
-                .fetch_add(draw_count as u64, Ordering::Relaxed);
-            state.hub.deliver(&events);
-            Ok(data)
+    // Two draws that take the same limited prizes in opposite orders can
+    // deadlock; InnoDB rolls one back whole, and it simply runs again.
+    let mut attempt = 1;
+    loop {
+        match draw_once(state, wheel, user_id, draw_count, key).await {
+            Err(Error::Db(e)) if store::is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
+                tracing::debug!(attempt, "draw deadlocked; retrying");
+                attempt += 1;
+            }
+            Ok(Drawn::Fresh(data, events)) => {
+                state
+                    .metrics
+                    .draws
+                    .fetch_add(draw_count as u64, Ordering::Relaxed);
+                state.hub.deliver(&events);
+                return Ok(data);
+            }
+            Ok(Drawn::Replayed(data)) => return Ok(data),
+            Err(e) => return Err(e.during(ErrorCode::DrawFailed)),
         }
-        Ok(Drawn::Replayed(data)) => Ok(data),
-        Err(e) => Err(e.during(ErrorCode::DrawFailed)),
     }
+}
+
+const DEADLOCK_RETRIES: u32 = 5;
+
+async fn draw_once(
+    state: &AppState,
+    wheel: &WheelConfig,
+    user_id: u64,
+    draw_count: u32,
+    key: Option<&IdemKey>,
+) -> Result<Drawn> {
+    let mut tx = state.db.begin().await?;
+    let drawn = draw_in(state, &mut tx, wheel, user_id, draw_count, key).await?;
+    if matches!(drawn, Drawn::Fresh(..)) {
+        tx.commit().await?;
+    }
+    Ok(drawn)
 }
 
 enum Drawn {
     Fresh(DataJson, Vec<UserEvent>),
     Replayed(DataJson),
-}
-
-/// The stored result of `key` if it exists: the same command replays it, a
-/// different one is a conflict.
-pub async fn replay(
-    tx: &mut Tx,
-    user_id: u64,
-    key: Option<&IdemKey>,
-    fingerprint: &str,
-) -> Result<Option<DataJson>> {
-    let Some(key) = key else { return Ok(None) };
-    match store::idempotency::find(tx, user_id, key.as_str()).await? {
-        Some((stored, response)) if stored == fingerprint => Ok(Some(DataJson(response))),
-        Some(_) => Err(Error::Refused(ErrorCode::IdempotencyConflict)),
-        None => Ok(None),
-    }
 }
 
 async fn draw_in(
@@ -176,7 +177,7 @@ async fn draw_in(
 ) -> Result<Drawn> {
     let mut account = Account::lock(tx, user_id).await?;
     let fp = fingerprint(draw_count);
-    if let Some(stored) = replay(tx, user_id, key, &fp).await? {
+    if let Some(stored) = stored_result(tx, user_id, key, &fp).await? {
         return Ok(Drawn::Replayed(stored));
     }
 

@@ -14,6 +14,8 @@ use protocol::{Pagination, frames::is_valid_id};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::store::{self, Tx};
+use protocol::ErrorCode;
 
 /// RFC 3339, UTC, milliseconds: `2026-11-21T13:51:00.123Z`.
 pub fn now_rfc3339() -> String {
@@ -100,3 +102,21 @@ impl IdemKey {
 /// store them for replay) and replays are the stored text.
 #[derive(Debug, Clone)]
 pub struct DataJson(pub String);
+
+/// The stored result of `key`, looked up under the user's row lock (every
+/// key of a user is written under it): the same command replays it, a
+/// different one is a conflict (2005). Every keyed command calls this first
+/// and stores its result with `store::idempotency::insert` before commit.
+pub async fn stored_result(
+    tx: &mut Tx,
+    user_id: u64,
+    key: Option<&IdemKey>,
+    fingerprint: &str,
+) -> Result<Option<DataJson>> {
+    let Some(key) = key else { return Ok(None) };
+    match store::idempotency::find(tx, user_id, key.as_str()).await? {
+        Some((stored, response)) if stored == fingerprint => Ok(Some(DataJson(response))),
+        Some(_) => Err(Error::Refused(ErrorCode::IdempotencyConflict)),
+        None => Ok(None),
+    }
+}

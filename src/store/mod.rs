@@ -54,6 +54,19 @@ pub async fn migrate(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError
     sqlx::migrate!("./migrations").run(pool).await
 }
 
+/// InnoDB chose this transaction as a deadlock victim and rolled it back:
+/// running it again is safe and expected.
+pub fn is_deadlock(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|m| m.number() == 1213)
+                || db.code().as_deref() == Some("40001")
+        }
+        _ => false,
+    }
+}
+
 /// `LIMIT ? OFFSET ?` arguments for a 1-based page.
 pub fn offset(page: u32, page_size: u32) -> u64 {
     (page.saturating_sub(1) as u64) * page_size as u64

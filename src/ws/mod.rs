@@ -10,6 +10,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use protocol::ErrorCode;
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::domain::auth::authorize;
 use crate::error::Error;
@@ -53,11 +54,19 @@ pub async fn upgrade(
     let max = c.ws_max_frame_bytes;
     let since = params.since;
     let tracker = state.sockets.clone();
+    // Every line a socket logs names its user.
+    let span = tracing::info_span!(
+        "socket",
+        user_id = auth.user_id,
+        session_id = auth.session_id
+    );
     ws.read_buffer_size(c.ws_read_buffer_bytes)
         .write_buffer_size(0)
         .max_write_buffer_size(max.max(64 * 1024) * 4)
         .max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(session::run(socket, state, auth, since)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(session::run(socket, state, auth, since).instrument(span))
+        })
 }
