@@ -158,7 +158,7 @@ pub async fn find_or_create_user(
     let nickname = format!("用户{}", &mobile[7..]);
     let Some(user_id) = store::users::insert(tx, mobile, &nickname).await? else {
         // Another login created this user first (INSERT IGNORE waited for it).
-        let u = store::users::find_by_mobile(tx, mobile)
+        let u = store::users::find_by_mobile_latest(tx, mobile)
             .await?
             .ok_or_else(|| {
                 Error::internal(
@@ -176,7 +176,7 @@ pub async fn find_or_create_user(
         Some(format!("REG_{user_id}")),
     );
     let events = account.save(tx, "新用户注册奖励", source::REGISTER).await?;
-    let u = store::users::find_by_mobile(tx, mobile)
+    let u = store::users::find_by_mobile_latest(tx, mobile)
         .await?
         .ok_or_else(|| Error::internal(ErrorCode::LoginFailed, "new user not found"))?;
     Ok((u, true, events))
@@ -213,6 +213,9 @@ pub async fn login(state: &AppState, phone: &str, code: &str) -> Result<LoginRes
                 .map_err(|e| Error::from(e).during(ErrorCode::LoginFailed))?;
             state.hub.deliver(&events);
             state.metrics.logins.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = store::users::touch_login(&state.db, resp.user_info.user_id).await {
+                tracing::warn!(error = %e, "could not record the login time");
+            }
             tracing::Span::current().record("user_id", resp.user_info.user_id);
             Ok(resp)
         }
@@ -237,7 +240,6 @@ async fn login_in(state: &AppState, tx: &mut Tx, phone: &str, code: &str) -> Res
     if user.status != "active" {
         return Err(Error::Refused(ErrorCode::AccountDisabled));
     }
-    store::users::touch_login(tx, user.user_id).await?;
     let session_id = store::auth::create_session(tx, user.user_id).await?;
     let (access_token, refresh_token) = issue_pair(state, tx, user.user_id, session_id).await?;
     Ok(Some((

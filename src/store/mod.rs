@@ -50,8 +50,28 @@ pub async fn connect(config: &Config) -> Result<MySqlPool, sqlx::Error> {
     }
 }
 
+/// Applies `migrations/`, one server at a time: replicas starting together
+/// must not race. sqlx's own lock asks `GET_LOCK(name, -1)`, which MariaDB
+/// answers with NULL (no lock), so the lock is taken here, on the
+/// connection that migrates, and checked.
 pub async fn migrate(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
-    sqlx::migrate!("./migrations").run(pool).await
+    let mut conn = pool.acquire().await?;
+    let (locked,): (Option<i64>,) =
+        sqlx::query_as("SELECT GET_LOCK(CONCAT(DATABASE(), '.migrate'), 300)")
+            .fetch_one(&mut *conn)
+            .await?;
+    if locked != Some(1) {
+        return Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Protocol(
+            "could not take the migration lock within 300 s".into(),
+        )));
+    }
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_locking(false);
+    let result = migrator.run(&mut *conn).await;
+    let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.migrate'))")
+        .execute(&mut *conn)
+        .await;
+    result
 }
 
 /// InnoDB chose this transaction as a deadlock victim and rolled it back:

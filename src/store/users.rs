@@ -25,10 +25,24 @@ pub async fn find(pool: &MySqlPool, user_id: u64) -> sqlx::Result<Option<UserRow
     .await
 }
 
+/// A consistent (non-locking) read: logins of existing users lock nothing.
 pub async fn find_by_mobile(tx: &mut Tx, mobile: &str) -> sqlx::Result<Option<UserRow>> {
     sqlx::query_as(
         "SELECT user_id, mobile, nickname, avatar, total_points, is_merchant, status \
-         FROM users WHERE mobile = ? FOR UPDATE",
+         FROM users WHERE mobile = ?",
+    )
+    .bind(mobile)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// A locking read that sees the latest committed row (a user another login
+/// created after this transaction's snapshot). Shared, so that several
+/// losers of the same creation race never wait on each other.
+pub async fn find_by_mobile_latest(tx: &mut Tx, mobile: &str) -> sqlx::Result<Option<UserRow>> {
+    sqlx::query_as(
+        "SELECT user_id, mobile, nickname, avatar, total_points, is_merchant, status \
+         FROM users WHERE mobile = ? LOCK IN SHARE MODE",
     )
     .bind(mobile)
     .fetch_optional(&mut **tx)
@@ -46,10 +60,12 @@ pub async fn insert(tx: &mut Tx, mobile: &str, nickname: &str) -> sqlx::Result<O
     Ok((res.rows_affected() == 1).then(|| res.last_insert_id()))
 }
 
-pub async fn touch_login(tx: &mut Tx, user_id: u64) -> sqlx::Result<()> {
+/// Outside the login transaction: it would turn the shared locks of a
+/// creation race into a deadlock, and a lost timestamp harms nothing.
+pub async fn touch_login(pool: &MySqlPool, user_id: u64) -> sqlx::Result<()> {
     sqlx::query("UPDATE users SET last_login_at = CURRENT_TIMESTAMP(3) WHERE user_id = ?")
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(pool)
         .await?;
     Ok(())
 }
