@@ -24,6 +24,8 @@ pub enum Error {
     NotEnoughPoints { required: i64, current: i64 },
     #[error("not enough stock: {available} left")]
     NotEnoughStock { available: i64 },
+    #[error("exchange code already redeemed at {redeemed_at}")]
+    AlreadyRedeemed { redeemed_at: String },
     #[error("events before {last_seq} are too old to replay")]
     SyncTooOld { last_seq: u64 },
     /// Something failed inside; `code` is the contract's code for the
@@ -42,6 +44,7 @@ impl Error {
             Error::NotEnoughPoints { .. } => ErrorCode::NotEnoughPoints,
             Error::NotEnoughStock { .. } => ErrorCode::NotEnoughStock,
             Error::SyncTooOld { .. } => ErrorCode::SyncTooOld,
+            Error::AlreadyRedeemed { .. } => ErrorCode::AlreadyRedeemed,
             Error::Failed { code, .. } => *code,
             Error::Db(e) if is_unavailable(e) => ErrorCode::ServiceUnavailable,
             Error::Db(_) => ErrorCode::Internal,
@@ -64,6 +67,10 @@ impl Error {
             }),
             Error::NotEnoughStock { available } => json!({ "available_stock": available }),
             Error::SyncTooOld { last_seq } => json!({ "reset": true, "last_seq": last_seq }),
+            Error::AlreadyRedeemed { redeemed_at } => json!({
+                "current_status": "redeemed",
+                "redeemed_at": redeemed_at,
+            }),
             _ => Value::Null,
         }
     }

@@ -10,6 +10,7 @@ pub mod command {
     pub const LOTTERY_DRAW: &str = "lottery.draw";
     pub const LOTTERY_CONFIG: &str = "lottery.config";
     pub const EXCHANGE_SUBMIT: &str = "exchange.submit";
+    pub const EXCHANGE_PRODUCTS: &str = "exchange.products";
     pub const SYNC: &str = "sync";
     pub const AUTH_REFRESH: &str = "auth.refresh";
     pub const USER_INFO: &str = "user.info";

@@ -184,6 +184,105 @@ pub struct DrawRecords {
     pub pagination: Pagination,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Product {
+    pub product_id: u64,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub exchange_points: i64,
+    pub stock: i64,
+    pub image: Option<String>,
+    /// `active` or `inactive`; guests are only shown active products.
+    pub status: String,
+    pub sales_count: i64,
+    pub sort_order: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Products {
+    pub products: Vec<Product>,
+    pub pagination: Pagination,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExchangeRequest {
+    pub product_id: u64,
+    pub quantity: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExchangeResult {
+    pub exchange_id: String,
+    pub exchange_code: String,
+    pub product_id: u64,
+    pub quantity: u32,
+    pub total_cost: i64,
+    pub remaining_points: i64,
+    pub remaining_stock: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Order {
+    pub exchange_id: String,
+    pub exchange_code: String,
+    pub product_id: u64,
+    pub product_name: String,
+    pub quantity: u32,
+    pub total_cost: i64,
+    /// `pending` until redeemed at the counter, then `redeemed`.
+    pub status: String,
+    pub created_at: String,
+    pub redeemed_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Orders {
+    pub orders: Vec<Order>,
+    pub pagination: Pagination,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StockUpdate {
+    pub product_id: u64,
+    pub stock: i64,
+    pub product_name: String,
+    /// `purchase`, `restock` or `admin_adjust`.
+    pub operation: String,
+    pub timestamp: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Redemption {
+    pub exchange_id: String,
+    pub exchange_code: String,
+    pub user_id: u64,
+    pub product_id: u64,
+    pub product_name: String,
+    pub quantity: u32,
+    pub status: String,
+    pub redeemed_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StockChange {
+    pub change_id: u64,
+    pub product_id: u64,
+    pub operation: String,
+    pub delta: i64,
+    pub stock_after: i64,
+    pub actor_id: Option<u64>,
+    pub reason: String,
+    pub related_id: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StockChanges {
+    pub changes: Vec<StockChange>,
+    pub pagination: Pagination,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Welcome {
     pub user_id: u64,

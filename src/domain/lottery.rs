@@ -13,7 +13,7 @@ use tracing::instrument;
 
 use super::points::{Account, UserEvent, source};
 use super::wheel::{DRAW_COUNTS, Prize, PrizeType, WheelConfig};
-use super::{DataJson, IdemKey, Page, stored_result, to_rfc3339};
+use super::{DataJson, IdemKey, Page, stored_result, to_rfc3339, with_deadlock_retry};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::store::{self, Tx};
@@ -124,42 +124,27 @@ pub async fn draw(
 
     // Two draws that take the same limited prizes in opposite orders can
     // deadlock; InnoDB rolls one back whole, and it simply runs again.
-    let mut attempt = 1;
-    loop {
-        match draw_once(state, wheel, user_id, draw_count, key).await {
-            Err(Error::Db(e)) if store::is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
-                tracing::debug!(attempt, "draw deadlocked; retrying");
-                attempt += 1;
-            }
-            Ok(Drawn::Fresh(data, events)) => {
-                state
-                    .metrics
-                    .draws
-                    .fetch_add(draw_count as u64, Ordering::Relaxed);
-                state.hub.deliver(&events);
-                return Ok(data);
-            }
-            Ok(Drawn::Replayed(data)) => return Ok(data),
-            Err(e) => return Err(e.during(ErrorCode::DrawFailed)),
+    let drawn = with_deadlock_retry(|| async {
+        let mut tx = state.db.begin().await?;
+        let drawn = draw_in(state, &mut tx, wheel, user_id, draw_count, key).await?;
+        if matches!(drawn, Drawn::Fresh(..)) {
+            tx.commit().await?;
         }
+        Ok(drawn)
+    })
+    .await
+    .map_err(|e| e.during(ErrorCode::DrawFailed))?;
+    match drawn {
+        Drawn::Fresh(data, events) => {
+            state
+                .metrics
+                .draws
+                .fetch_add(draw_count as u64, Ordering::Relaxed);
+            state.hub.deliver(&events);
+            Ok(data)
+        }
+        Drawn::Replayed(data) => Ok(data),
     }
-}
-
-const DEADLOCK_RETRIES: u32 = 5;
-
-async fn draw_once(
-    state: &AppState,
-    wheel: &WheelConfig,
-    user_id: u64,
-    draw_count: u32,
-    key: Option<&IdemKey>,
-) -> Result<Drawn> {
-    let mut tx = state.db.begin().await?;
-    let drawn = draw_in(state, &mut tx, wheel, user_id, draw_count, key).await?;
-    if matches!(drawn, Drawn::Fresh(..)) {
-        tx.commit().await?;
-    }
-    Ok(drawn)
 }
 
 enum Drawn {

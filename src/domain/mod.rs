@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod events;
+pub mod exchange;
 pub mod lottery;
 pub mod points;
 pub mod tokens;
@@ -118,5 +119,25 @@ pub async fn stored_result(
         Some((stored, response)) if stored == fingerprint => Ok(Some(DataJson(response))),
         Some(_) => Err(Error::Refused(ErrorCode::IdempotencyConflict)),
         None => Ok(None),
+    }
+}
+
+/// Runs a whole transaction again when InnoDB picked it as a deadlock
+/// victim (it was rolled back entirely, so running it again is safe).
+pub async fn with_deadlock_retry<T, F, Fut>(mut run: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match run().await {
+            Err(Error::Db(e)) if store::is_deadlock(&e) && attempt < ATTEMPTS => {
+                tracing::debug!(attempt, "transaction deadlocked; running it again");
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }

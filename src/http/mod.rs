@@ -3,8 +3,10 @@
 //! body limits.
 
 mod auth;
+mod exchange;
 pub mod extract;
 mod lottery;
+mod merchant;
 mod ops;
 mod user;
 
@@ -32,6 +34,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/auth", auth::routes())
         .nest("/user", user::routes())
         .nest("/lottery", lottery::routes())
+        .nest("/exchange", exchange::routes())
+        .nest("/merchant", merchant::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
 

@@ -101,6 +101,10 @@ pub struct Conn {
 pub struct Hub {
     /// Sockets per user, oldest first.
     users: DashMap<u64, Vec<Arc<Conn>>>,
+    /// The newest version broadcast per key (product): an older broadcast that
+    /// lost a race to a newer one is dropped, so no socket ever sees a stock
+    /// go back to an older value.
+    versions: DashMap<u64, u64>,
     /// Live sockets in all (kept beside the map so reading it locks nothing).
     total: AtomicUsize,
     next_id: AtomicU64,
@@ -112,6 +116,7 @@ impl Hub {
     pub fn new(max_per_user: usize, outbox_capacity: usize) -> Hub {
         Hub {
             users: DashMap::new(),
+            versions: DashMap::new(),
             total: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             max_per_user: max_per_user.max(1),
@@ -171,9 +176,30 @@ impl Hub {
         }
     }
 
+    fn all_sockets(&self) -> Vec<Arc<Conn>> {
+        self.users.iter().flat_map(|e| e.value().clone()).collect()
+    }
+
     /// Sends one frame to every socket; returns how many took it.
     pub fn broadcast(&self, frame: Utf8Bytes) -> usize {
-        let conns: Vec<Arc<Conn>> = self.users.iter().flat_map(|e| e.value().clone()).collect();
+        let conns = self.all_sockets();
+        conns
+            .iter()
+            .filter(|c| c.outbox.push(Outgoing::Broadcast(frame.clone())))
+            .count()
+    }
+
+    /// Like `broadcast`, for a latest-value event: dropped when a newer
+    /// `version` of `key` was already broadcast. The check and the pushes
+    /// happen under the key's entry lock, so two racing broadcasts of one key
+    /// reach every outbox in version order.
+    pub fn broadcast_versioned(&self, key: u64, version: u64, frame: Utf8Bytes) -> usize {
+        let conns = self.all_sockets();
+        let mut newest = self.versions.entry(key).or_insert(0);
+        if *newest >= version {
+            return 0;
+        }
+        *newest = version;
         conns
             .iter()
             .filter(|c| c.outbox.push(Outgoing::Broadcast(frame.clone())))
@@ -270,6 +296,26 @@ mod tests {
         assert_eq!(slow.conn.outbox.close_code(), Some(close::TOO_SLOW));
         assert_eq!(fast.conn.outbox.close_code(), None);
         assert_eq!(hub.broadcast(Utf8Bytes::from_static("{}")), 1);
+    }
+
+    #[test]
+    fn an_older_version_that_lost_the_race_is_not_broadcast() {
+        let hub = Arc::new(Hub::new(5, 8));
+        let s = hub.register(1, 1);
+        assert_eq!(
+            hub.broadcast_versioned(7, 2, Utf8Bytes::from_static("v2")),
+            1
+        );
+        assert_eq!(
+            hub.broadcast_versioned(7, 1, Utf8Bytes::from_static("v1")),
+            0
+        );
+        assert_eq!(
+            hub.broadcast_versioned(8, 1, Utf8Bytes::from_static("other")),
+            1
+        );
+        let got: Vec<_> = s.conn.outbox.take().into_iter().collect();
+        assert_eq!(got.len(), 2);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod events;
+pub mod exchange;
 pub mod idempotency;
 pub mod ledger;
 pub mod lottery;

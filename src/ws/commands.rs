@@ -3,8 +3,8 @@
 
 use futures::{Sink, Stream};
 use protocol::{
-    AuthRefreshRequest, AuthRefreshResult, DrawRequest, ErrorCode, IncomingFrame, PingResult,
-    ReplyFrame, StatusEventFrame, SyncRequest, command, event, frames::is_valid_id,
+    AuthRefreshRequest, AuthRefreshResult, DrawRequest, ErrorCode, ExchangeRequest, IncomingFrame,
+    PingResult, ReplyFrame, StatusEventFrame, SyncRequest, command, event, frames::is_valid_id,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -12,9 +12,17 @@ use serde_json::value::RawValue;
 use std::sync::atomic::Ordering;
 
 use super::session::Session;
-use crate::domain::{self, DataJson, IdemKey, auth, lottery, now_rfc3339};
+use crate::domain::{self, DataJson, IdemKey, PageQuery, auth, exchange, lottery, now_rfc3339};
 use crate::error::{Error, Result};
 use axum::extract::ws::Message;
+
+/// `exchange.products`: the guest's catalogue, as the REST list.
+#[derive(serde::Deserialize)]
+struct ProductsRequest {
+    category: Option<String>,
+    page: Option<u32>,
+    page_size: Option<u32>,
+}
 
 /// What a command answers: JSON text for `data`.
 type Answer = Result<DataJson>;
@@ -48,42 +56,63 @@ where
     let Some(kind) = frame.kind.as_deref() else {
         return vec![reply(&id, Err(Error::Refused(ErrorCode::UnknownCommand)))];
     };
-    let state = s.state.clone();
-    let user_id = s.auth.user_id;
-    let answer = match kind {
-        command::PING => json(&PingResult {
-            server_time: now_rfc3339(),
-        }),
-        command::LOTTERY_DRAW => match parse_data::<DrawRequest>(frame.data) {
-            Ok(req) => match IdemKey::parse(&id) {
-                Ok(key) => lottery::draw(&state, user_id, req.draw_count, Some(&key)).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        },
-        command::LOTTERY_CONFIG => match lottery::config_view(&state, user_id).await {
-            Ok(v) => json(&v),
-            Err(e) => Err(e),
-        },
-        command::USER_INFO => match crate::store::users::find(&state.db, user_id).await {
-            Ok(Some(u)) => json(&auth::user_info(&u)),
-            Ok(None) => Err(Error::Refused(ErrorCode::TokenInvalid)),
-            Err(e) => Err(e.into()),
-        },
-        command::SYNC => match parse_data::<SyncRequest>(frame.data) {
-            Ok(req) => return sync(s, &id, req.since).await,
-            Err(e) => Err(e),
-        },
-        command::AUTH_REFRESH => match parse_data::<AuthRefreshRequest>(frame.data) {
-            Ok(req) => refresh_credentials(s, &req.access_token).await,
-            Err(e) => Err(e),
-        },
-        _ => Err(Error::Refused(ErrorCode::UnknownCommand)),
-    };
+    if kind == command::SYNC {
+        return match parse_data::<SyncRequest>(frame.data) {
+            Ok(req) => sync(s, &id, req.since).await,
+            Err(e) => vec![reply(&id, Err(e))],
+        };
+    }
+    let answer = run(s, kind, &id, frame.data).await;
     if let Err(e) = &answer {
         log_failure(kind, e);
     }
     vec![reply(&id, answer)]
+}
+
+/// Runs one command; the same domain functions as the REST handlers.
+async fn run<S>(s: &mut Session<S>, kind: &str, id: &str, data: Option<&RawValue>) -> Answer
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let state = s.state.clone();
+    let user_id = s.auth.user_id;
+    match kind {
+        command::PING => json(&PingResult {
+            server_time: now_rfc3339(),
+        }),
+        command::LOTTERY_DRAW => {
+            let req: DrawRequest = parse_data(data)?;
+            let key = IdemKey::parse(id)?;
+            lottery::draw(&state, user_id, req.draw_count, Some(&key)).await
+        }
+        command::LOTTERY_CONFIG => json(&lottery::config_view(&state, user_id).await?),
+        command::EXCHANGE_SUBMIT => {
+            let req: ExchangeRequest = parse_data(data)?;
+            let key = IdemKey::parse(id)?;
+            exchange::submit(&state, user_id, req.product_id, req.quantity, Some(&key)).await
+        }
+        command::EXCHANGE_PRODUCTS => {
+            let req: ProductsRequest = parse_data(data)?;
+            let page = PageQuery {
+                page: req.page,
+                page_size: req.page_size,
+                limit: None,
+            }
+            .resolve()?;
+            json(&exchange::products(&state, req.category.as_deref(), page, true).await?)
+        }
+        command::USER_INFO => {
+            let user = crate::store::users::find(&state.db, user_id)
+                .await?
+                .ok_or(Error::Refused(ErrorCode::TokenInvalid))?;
+            json(&auth::user_info(&user))
+        }
+        command::AUTH_REFRESH => {
+            let req: AuthRefreshRequest = parse_data(data)?;
+            refresh_credentials(s, &req.access_token).await
+        }
+        _ => Err(Error::Refused(ErrorCode::UnknownCommand)),
+    }
 }
 
 fn log_failure(kind: &str, e: &Error) {

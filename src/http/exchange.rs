@@ -1,0 +1,77 @@
+//! `/api/exchange/*`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use protocol::{ExchangeRequest, Orders, Products};
+use serde::Deserialize;
+
+use super::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use crate::domain::auth::AuthUser;
+use crate::domain::{PageQuery, exchange};
+use crate::error::{Envelope, RawEnvelope, Result};
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/products", get(products))
+        .route("/submit", post(submit))
+        .route("/orders", get(orders))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ProductsQuery {
+    pub category: Option<String>,
+    pub page: Option<u32>,
+    pub page_size: Option<u32>,
+    pub limit: Option<u32>,
+}
+
+impl ProductsQuery {
+    pub fn page(&self) -> PageQuery {
+        PageQuery {
+            page: self.page,
+            page_size: self.page_size,
+            limit: self.limit,
+        }
+    }
+}
+
+async fn products(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    ApiQuery(q): ApiQuery<ProductsQuery>,
+) -> Result<Envelope<Products>> {
+    let page = q.page().resolve()?;
+    Ok(Envelope(
+        exchange::products(&state, q.category.as_deref(), page, true).await?,
+    ))
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    user: AuthUser,
+    IdempotencyKey(key): IdempotencyKey,
+    ApiJson(req): ApiJson<ExchangeRequest>,
+) -> Result<Response> {
+    let data = exchange::submit(
+        &state,
+        user.user_id,
+        req.product_id,
+        req.quantity,
+        key.as_ref(),
+    )
+    .await?;
+    Ok(RawEnvelope(data.0).into_response())
+}
+
+async fn orders(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Envelope<Orders>> {
+    Ok(Envelope(
+        exchange::orders(&state, user.user_id, q.resolve()?).await?,
+    ))
+}

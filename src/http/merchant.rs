@@ -1,0 +1,96 @@
+//! `/api/merchant/*`: tools for users with `is_merchant` (others get 403).
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::{get, post, put};
+use protocol::{Product, Products, Redemption, StockChanges};
+use serde::Deserialize;
+
+use super::exchange::ProductsQuery;
+use super::extract::{ApiJson, ApiQuery, MerchantUser};
+use crate::domain::PageQuery;
+use crate::domain::exchange::{self, ProductInput, StockRequest};
+use crate::error::{Envelope, Error, Result};
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/products", get(list_products).post(create_product))
+        .route("/products/{id}", put(update_product))
+        .route("/products/{id}/stock", post(change_stock))
+        .route("/products/{id}/stock-changes", get(stock_changes))
+        .route("/exchange/redeem", post(redeem))
+}
+
+/// A path id that is not a number is a bad parameter, not a 404 page.
+fn id(raw: &str) -> Result<u64> {
+    raw.parse()
+        .map_err(|_| Error::Invalid("the product id must be a positive integer".into()))
+}
+
+async fn list_products(
+    State(state): State<AppState>,
+    _m: MerchantUser,
+    ApiQuery(q): ApiQuery<ProductsQuery>,
+) -> Result<Envelope<Products>> {
+    let page = q.page().resolve()?;
+    Ok(Envelope(
+        exchange::products(&state, q.category.as_deref(), page, false).await?,
+    ))
+}
+
+async fn create_product(
+    State(state): State<AppState>,
+    MerchantUser(m): MerchantUser,
+    ApiJson(input): ApiJson<ProductInput>,
+) -> Result<Envelope<Product>> {
+    Ok(Envelope(exchange::create_product(&state, &m, input).await?))
+}
+
+async fn update_product(
+    State(state): State<AppState>,
+    MerchantUser(m): MerchantUser,
+    Path(raw): Path<String>,
+    ApiJson(input): ApiJson<ProductInput>,
+) -> Result<Envelope<Product>> {
+    Ok(Envelope(
+        exchange::update_product(&state, &m, id(&raw)?, input).await?,
+    ))
+}
+
+async fn change_stock(
+    State(state): State<AppState>,
+    MerchantUser(m): MerchantUser,
+    Path(raw): Path<String>,
+    ApiJson(req): ApiJson<StockRequest>,
+) -> Result<Envelope<Product>> {
+    Ok(Envelope(
+        exchange::change_stock(&state, &m, id(&raw)?, req).await?,
+    ))
+}
+
+async fn stock_changes(
+    State(state): State<AppState>,
+    _m: MerchantUser,
+    Path(raw): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Envelope<StockChanges>> {
+    Ok(Envelope(
+        exchange::stock_changes(&state, id(&raw)?, q.resolve()?).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct RedeemBody {
+    exchange_code: String,
+}
+
+async fn redeem(
+    State(state): State<AppState>,
+    MerchantUser(m): MerchantUser,
+    ApiJson(body): ApiJson<RedeemBody>,
+) -> Result<Envelope<Redemption>> {
+    Ok(Envelope(
+        exchange::redeem(&state, &m, &body.exchange_code).await?,
+    ))
+}
