@@ -39,6 +39,23 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Where receipt images are stored.
+#[derive(Clone, Debug)]
+pub enum StorageBackend {
+    Local {
+        dir: std::path::PathBuf,
+    },
+    /// S3 or any S3-compatible service (MinIO, Sealos object storage, ...).
+    S3 {
+        /// `None`: AWS itself.
+        endpoint: Option<String>,
+        bucket: String,
+        region: String,
+        access_key_id: String,
+        secret_access_key: Secret,
+    },
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub env: AppEnv,
@@ -74,6 +91,12 @@ pub struct Config {
     pub db_connect_retries: u32,
     pub shutdown_grace: Duration,
     pub max_body_bytes: usize,
+    /// The largest receipt image accepted.
+    pub upload_max_bytes: usize,
+    pub storage: StorageBackend,
+    /// Prefix of `image_url`s, e.g. `https://api.example.com`; empty gives
+    /// root-relative URLs (`/uploads/...`).
+    pub public_base_url: String,
     /// Seed demo prizes, a merchant and products into an empty database.
     pub seed_demo_data: bool,
 }
@@ -174,6 +197,42 @@ impl Config {
         let refresh_ttl = num("REFRESH_TOKEN_TTL_S", 30 * 86_400, 3600, 365 * 86_400);
         let sync_replay_limit = num("SYNC_REPLAY_LIMIT", 1000, 1, 100_000) as u32;
         let event_retention_days = num("EVENT_RETENTION_DAYS", 30, 1, 3650);
+        let upload_max_bytes =
+            num("UPLOAD_MAX_BYTES", 5 * 1024 * 1024, 1024, 64 * 1024 * 1024) as usize;
+
+        let storage = match get("STORAGE_BACKEND").as_deref().unwrap_or("local") {
+            "local" => StorageBackend::Local {
+                dir: get("UPLOAD_DIR")
+                    .unwrap_or_else(|| ".data/uploads".into())
+                    .into(),
+            },
+            "s3" => {
+                let mut need = |k: &str| {
+                    get(k).unwrap_or_else(|| {
+                        problems.push(format!("{k} is required with STORAGE_BACKEND=s3"));
+                        String::new()
+                    })
+                };
+                let bucket = need("S3_BUCKET");
+                let access_key_id = need("S3_ACCESS_KEY_ID");
+                let secret_access_key = Secret(need("S3_SECRET_ACCESS_KEY"));
+                StorageBackend::S3 {
+                    endpoint: get("S3_ENDPOINT"),
+                    bucket,
+                    region: get("S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+                    access_key_id,
+                    secret_access_key,
+                }
+            }
+            other => {
+                problems.push(format!(
+                    "STORAGE_BACKEND must be local or s3, not {other:?}"
+                ));
+                StorageBackend::Local {
+                    dir: ".data/uploads".into(),
+                }
+            }
+        };
 
         if !problems.is_empty() {
             return Err(ConfigError(problems.join("; ")));
@@ -208,6 +267,9 @@ impl Config {
             db_connect_retries,
             shutdown_grace: Duration::from_millis(shutdown_grace_ms),
             max_body_bytes: 64 * 1024,
+            upload_max_bytes,
+            storage,
+            public_base_url: get("PUBLIC_BASE_URL").unwrap_or_default(),
             seed_demo_data: env == AppEnv::Development,
         })
     }

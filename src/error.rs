@@ -24,6 +24,8 @@ pub enum Error {
     NotEnoughPoints { required: i64, current: i64 },
     #[error("not enough stock: {available} left")]
     NotEnoughStock { available: i64 },
+    #[error("upload already reviewed: {current_status}")]
+    AlreadyReviewed { current_status: String },
     #[error("exchange code already redeemed at {redeemed_at}")]
     AlreadyRedeemed { redeemed_at: String },
     #[error("events before {last_seq} are too old to replay")]
@@ -45,6 +47,7 @@ impl Error {
             Error::NotEnoughStock { .. } => ErrorCode::NotEnoughStock,
             Error::SyncTooOld { .. } => ErrorCode::SyncTooOld,
             Error::AlreadyRedeemed { .. } => ErrorCode::AlreadyRedeemed,
+            Error::AlreadyReviewed { .. } => ErrorCode::AlreadyReviewed,
             Error::Failed { code, .. } => *code,
             Error::Db(e) if is_unavailable(e) => ErrorCode::ServiceUnavailable,
             Error::Db(_) => ErrorCode::Internal,
@@ -67,6 +70,9 @@ impl Error {
             }),
             Error::NotEnoughStock { available } => json!({ "available_stock": available }),
             Error::SyncTooOld { last_seq } => json!({ "reset": true, "last_seq": last_seq }),
+            Error::AlreadyReviewed { current_status } => {
+                json!({ "current_status": current_status })
+            }
             Error::AlreadyRedeemed { redeemed_at } => json!({
                 "current_status": "redeemed",
                 "redeemed_at": redeemed_at,

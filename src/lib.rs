@@ -13,6 +13,7 @@ pub mod hub;
 mod maintenance;
 pub mod seed;
 pub mod state;
+pub mod storage;
 pub mod store;
 pub mod ws;
 
@@ -25,6 +26,7 @@ pub use state::AppState;
 /// Connects (with retries), migrates, seeds demo data where configured and
 /// loads the wheel.
 pub async fn prepare(config: Config) -> Result<AppState, BoxError> {
+    let storage = storage::Storage::from_config(&config)?;
     let db = store::connect(&config).await?;
     store::migrate(&db).await?;
     if config.seed_demo_data {
@@ -34,7 +36,7 @@ pub async fn prepare(config: Config) -> Result<AppState, BoxError> {
     if let Err(why) = &wheel {
         tracing::error!(%why, "the prize wheel's configuration is invalid; draws are refused until it is fixed");
     }
-    Ok(AppState::new(config, db, wheel))
+    Ok(AppState::new(config, db, storage, wheel))
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight

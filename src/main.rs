@@ -9,8 +9,22 @@ use tracing_subscriber::EnvFilter;
 /// accept queue than the default 128.
 const LISTEN_BACKLOG: u32 = 4096;
 
+const USAGE: &str = "usage: restaurant-points [serve]
+       restaurant-points make-merchant <phone>     give an existing user the merchant tools
+       restaurant-points revoke-merchant <phone>   take them away";
+
 #[tokio::main]
 async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] | ["serve"] => None,
+        ["make-merchant", phone] => Some((true, phone.to_string())),
+        ["revoke-merchant", phone] => Some((false, phone.to_string())),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -26,6 +40,9 @@ async fn main() {
     }
     if let Some(code) = &config.dev_login_code {
         tracing::info!(%code, "development mode: this login code is always accepted");
+    }
+    if let Some((merchant, phone)) = command {
+        std::process::exit(set_merchant(config, &phone, merchant).await);
     }
     if let Err(e) = run(config).await {
         tracing::error!(error = %e, "server stopped with an error");
@@ -44,6 +61,43 @@ async fn run(config: Config) -> Result<(), restaurant_points::BoxError> {
     restaurant_points::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The operator's way to make (or unmake) a merchant: the user must have
+/// logged in once. Exit code 0 on success, 1 when no such user, 2 on errors.
+async fn set_merchant(config: Config, phone: &str, merchant: bool) -> i32 {
+    if restaurant_points::domain::auth::validate_phone(phone).is_err() {
+        eprintln!("{phone:?} is not a mainland mobile number");
+        return 2;
+    }
+    let db = match restaurant_points::store::connect(&config).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("cannot connect to the database: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = restaurant_points::store::migrate(&db).await {
+        eprintln!("cannot migrate the database: {e}");
+        return 2;
+    }
+    match restaurant_points::store::users::set_merchant(&db, phone, merchant).await {
+        Ok(true) => {
+            println!(
+                "{phone} {} a merchant",
+                if merchant { "is now" } else { "is no longer" }
+            );
+            0
+        }
+        Ok(false) => {
+            eprintln!("no user with mobile {phone}: they must log in once first");
+            1
+        }
+        Err(e) => {
+            eprintln!("database error: {e}");
+            2
+        }
+    }
 }
 
 async fn shutdown_signal() {

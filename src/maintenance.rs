@@ -1,6 +1,8 @@
 //! Background pruning: idempotency keys after 48 hours (the contract keeps
 //! them at least 24), user events after the retention, expired refresh
-//! tokens. Small batches, so no long lock is ever held.
+//! tokens, and receipt images whose row was never written (the process died
+//! between storing the image and committing the row). Small batches, so no
+//! long lock is ever held.
 
 use std::time::Duration;
 
@@ -22,12 +24,49 @@ pub async fn run(state: AppState) {
         let keys = store::idempotency::prune(&state.db, KEY_HOURS, BATCH).await;
         let events = store::events::prune(&state.db, days, BATCH).await;
         let tokens = store::auth::prune_refresh(&state.db, BATCH).await;
+        sweep_orphan_images(&state).await;
         match (keys, events, tokens) {
             (Ok(k), Ok(e), Ok(t)) if k + e + t > 0 => {
                 tracing::info!(keys = k, events = e, refresh_tokens = t, "pruned old rows")
             }
             (Ok(_), Ok(_), Ok(_)) => {}
             (k, e, t) => tracing::warn!(?k, ?e, ?t, "pruning failed; will retry"),
+        }
+    }
+}
+
+/// An image is an orphan when it is older than an hour (no upload takes
+/// that long) and no upload row names it. Only this month's and last
+/// month's folders are listed: older ones were swept when they were recent.
+async fn sweep_orphan_images(state: &AppState) {
+    let now = chrono::Utc::now();
+    let last_month = now - chrono::Duration::days(31);
+    let cutoff = now - chrono::Duration::hours(1);
+    for month in [last_month, now] {
+        let prefix = format!(
+            "{}/{}",
+            crate::domain::photos::KEY_PREFIX,
+            month.format("%Y/%m")
+        );
+        let keys = match state.storage.list_older_than(&prefix, cutoff).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list stored images");
+                return;
+            }
+        };
+        for key in keys {
+            match store::photos::key_exists(&state.db, &key).await {
+                Ok(false) => match state.storage.delete(&key).await {
+                    Ok(()) => tracing::info!(%key, "deleted an image that no upload refers to"),
+                    Err(e) => tracing::warn!(%key, error = %e, "could not delete an orphan image"),
+                },
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "orphan sweep stopped: database error");
+                    return;
+                }
+            }
         }
     }
 }

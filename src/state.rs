@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::domain::tokens::TokenKeys;
 use crate::domain::wheel::WheelConfig;
 use crate::hub::Hub;
+use crate::storage::Storage;
 use sqlx::MySqlPool;
 use std::ops::Deref;
 use std::sync::atomic::AtomicU64;
@@ -20,6 +21,8 @@ pub struct Inner {
     pub db: MySqlPool,
     pub hub: Arc<Hub>,
     pub keys: TokenKeys,
+    /// Where receipt images are kept.
+    pub storage: Storage,
     /// The active wheel, or why it cannot be used. Replaced whole on reload.
     pub wheel: RwLock<Arc<Result<WheelConfig, String>>>,
     pub metrics: Metrics,
@@ -38,7 +41,12 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, db: MySqlPool, wheel: Result<WheelConfig, String>) -> AppState {
+    pub fn new(
+        config: Config,
+        db: MySqlPool,
+        storage: Storage,
+        wheel: Result<WheelConfig, String>,
+    ) -> AppState {
         let hub = Arc::new(Hub::new(
             config.ws_max_sockets_per_user,
             config.ws_outbox_capacity,
@@ -49,6 +57,7 @@ impl AppState {
             db,
             hub,
             keys,
+            storage,
             wheel: RwLock::new(Arc::new(wheel)),
             metrics: Metrics::default(),
             started: Instant::now(),

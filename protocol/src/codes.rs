@@ -47,6 +47,7 @@ pub enum ErrorCode {
     UploadFailed,
     NoImage,
     InvalidAmount,
+    UnsupportedImage,
     ReviewFailed,
     AlreadyReviewed,
     // 7xxx: the socket.
@@ -93,6 +94,7 @@ impl ErrorCode {
         Self::UploadFailed,
         Self::NoImage,
         Self::InvalidAmount,
+        Self::UnsupportedImage,
         Self::ReviewFailed,
         Self::AlreadyReviewed,
         Self::UnknownCommand,
@@ -139,6 +141,7 @@ impl ErrorCode {
             Self::UploadFailed => (5000, 500, "上传失败，请稍后重试"),
             Self::NoImage => (5001, 400, "请选择要上传的图片"),
             Self::InvalidAmount => (5002, 400, "消费金额必须在0.01-9999.99元之间"),
+            Self::UnsupportedImage => (5003, 400, "仅支持JPEG、PNG、WebP格式的图片"),
             Self::ReviewFailed => (6000, 500, "审核操作失败"),
             Self::AlreadyReviewed => (6004, 409, "该记录已被审核"),
             Self::UnknownCommand => (7001, 400, "未知的指令类型"),

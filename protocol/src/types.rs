@@ -284,6 +284,106 @@ pub struct StockChanges {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadResult {
+    pub upload_id: String,
+    pub image_url: String,
+    pub estimated_points: i64,
+    pub review_status: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Upload {
+    pub upload_id: String,
+    pub image_url: String,
+    pub amount: Money,
+    pub estimated_points: i64,
+    /// `pending`, `approved` or `rejected`.
+    pub review_status: String,
+    pub points_awarded: Option<i64>,
+    pub review_reason: Option<String>,
+    pub created_at: String,
+    pub reviewed_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Uploads {
+    pub uploads: Vec<Upload>,
+    pub pagination: Pagination,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReviewItem {
+    pub upload_id: String,
+    pub user_id: u64,
+    /// Masked, as in `user_info`.
+    pub user_mobile: String,
+    pub image_url: String,
+    pub amount: Money,
+    pub estimated_points: i64,
+    pub review_status: String,
+    pub points_awarded: Option<i64>,
+    pub review_reason: Option<String>,
+    pub created_at: String,
+    pub reviewed_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reviews {
+    pub reviews: Vec<ReviewItem>,
+    pub pagination: Pagination,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReviewRequest {
+    pub upload_id: String,
+    /// `approve` or `reject`.
+    pub action: String,
+    /// Points to award on approval; defaults to the estimate.
+    pub points: Option<i64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReviewOutcome {
+    pub upload_id: String,
+    pub action: String,
+    pub points_awarded: i64,
+    pub user_new_balance: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReviewResult {
+    pub upload_id: String,
+    /// `approved` or `rejected`.
+    pub status: String,
+    pub points_awarded: i64,
+    pub reason: String,
+    pub timestamp: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub uploads: u64,
+    pub pending: u64,
+    pub approved: u64,
+    pub rejected: u64,
+    pub points_awarded: u64,
+    pub draws: u64,
+    pub exchanges: u64,
+    pub new_users: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Statistics {
+    /// Since the start of the business day (UTC+8).
+    pub today: Counts,
+    pub overall: Counts,
+    pub live_connections: u64,
+    pub live_users: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Welcome {
     pub user_id: u64,
     pub total_points: i64,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod events;
 pub mod exchange;
 pub mod lottery;
+pub mod photos;
 pub mod points;
 pub mod tokens;
 pub mod wheel;

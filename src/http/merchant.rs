@@ -3,13 +3,15 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::{get, post, put};
-use protocol::{Product, Products, Redemption, StockChanges};
+use protocol::{
+    Product, Products, Redemption, ReviewOutcome, ReviewRequest, Reviews, Statistics, StockChanges,
+};
 use serde::Deserialize;
 
 use super::exchange::ProductsQuery;
 use super::extract::{ApiJson, ApiQuery, MerchantUser};
-use crate::domain::PageQuery;
 use crate::domain::exchange::{self, ProductInput, StockRequest};
+use crate::domain::{PageQuery, photos};
 use crate::error::{Envelope, Error, Result};
 use crate::state::AppState;
 
@@ -20,6 +22,9 @@ pub fn routes() -> Router<AppState> {
         .route("/products/{id}/stock", post(change_stock))
         .route("/products/{id}/stock-changes", get(stock_changes))
         .route("/exchange/redeem", post(redeem))
+        .route("/reviews", get(reviews))
+        .route("/review", post(review))
+        .route("/statistics", get(statistics))
 }
 
 /// A path id that is not a number is a bad parameter, not a 404 page.
@@ -93,4 +98,43 @@ async fn redeem(
     Ok(Envelope(
         exchange::redeem(&state, &m, &body.exchange_code).await?,
     ))
+}
+
+#[derive(Deserialize)]
+struct ReviewsQuery {
+    status: Option<String>,
+    page: Option<u32>,
+    page_size: Option<u32>,
+    limit: Option<u32>,
+}
+
+async fn reviews(
+    State(state): State<AppState>,
+    _m: MerchantUser,
+    ApiQuery(q): ApiQuery<ReviewsQuery>,
+) -> Result<Envelope<Reviews>> {
+    let page = PageQuery {
+        page: q.page,
+        page_size: q.page_size,
+        limit: q.limit,
+    }
+    .resolve()?;
+    Ok(Envelope(
+        photos::reviews(&state, q.status.as_deref(), page).await?,
+    ))
+}
+
+async fn review(
+    State(state): State<AppState>,
+    MerchantUser(m): MerchantUser,
+    ApiJson(req): ApiJson<ReviewRequest>,
+) -> Result<Envelope<ReviewOutcome>> {
+    Ok(Envelope(photos::review(&state, &m, req).await?))
+}
+
+async fn statistics(
+    State(state): State<AppState>,
+    _m: MerchantUser,
+) -> Result<Envelope<Statistics>> {
+    Ok(Envelope(photos::statistics(&state).await?))
 }

@@ -8,6 +8,7 @@ pub mod extract;
 mod lottery;
 mod merchant;
 mod ops;
+mod photo;
 mod user;
 
 use axum::Router;
@@ -36,12 +37,14 @@ pub fn router(state: AppState) -> Router {
         .nest("/lottery", lottery::routes())
         .nest("/exchange", exchange::routes())
         .nest("/merchant", merchant::routes())
+        .nest("/photo", photo::routes(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
 
     Router::new()
         .nest("/api", api)
         .route("/ws", get(crate::ws::upgrade))
+        .route("/uploads/{*key}", get(photo::image))
         .route("/health", get(ops::health))
         .route("/healthz", get(ops::health))
         .route("/metrics", get(ops::metrics))

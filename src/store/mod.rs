@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod idempotency;
 pub mod ledger;
 pub mod lottery;
+pub mod photos;
 pub mod users;
 
 use crate::config::Config;

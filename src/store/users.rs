@@ -70,13 +70,22 @@ pub async fn touch_login(pool: &MySqlPool, user_id: u64) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// False when no user has this mobile. (An UPDATE that changes nothing
+/// reports no affected rows on MySQL, so existence is read first.)
 pub async fn set_merchant(pool: &MySqlPool, mobile: &str, merchant: bool) -> sqlx::Result<bool> {
-    let res = sqlx::query("UPDATE users SET is_merchant = ? WHERE mobile = ?")
-        .bind(merchant)
+    let found: Option<(u64,)> = sqlx::query_as("SELECT user_id FROM users WHERE mobile = ?")
         .bind(mobile)
+        .fetch_optional(pool)
+        .await?;
+    let Some((user_id,)) = found else {
+        return Ok(false);
+    };
+    sqlx::query("UPDATE users SET is_merchant = ? WHERE user_id = ?")
+        .bind(merchant)
+        .bind(user_id)
         .execute(pool)
         .await?;
-    Ok(res.rows_affected() > 0)
+    Ok(true)
 }
 
 /// The row every points-changing transaction locks first. Holding it
