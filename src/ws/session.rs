@@ -20,6 +20,8 @@ use crate::store;
 /// A write that cannot complete in this time means the peer stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// At shutdown, how long a socket may stay quiet before it is closed.
+const DRAIN_QUIET: Duration = Duration::from_millis(50);
 
 /// Why the loop ended.
 enum End {
@@ -121,7 +123,10 @@ where
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
+                _ = shutdown.cancelled() => {
+                    self.finish_pending_commands().await;
+                    return End::Close(close::GOING_AWAY, "server shutting down");
+                }
                 _ = self.reg.conn.outbox.wait() => {
                     if let Some(code) = self.reg.conn.outbox.close_code() {
                         return End::Close(code, close_reason(code));
@@ -165,6 +170,25 @@ where
                         return End::Gone;
                     }
                 }
+            }
+        }
+    }
+
+    /// At shutdown, commands the client already sent (in the socket's
+    /// buffers, not yet read) still run and get their replies before the
+    /// 1001 close. Bounded: at most a burst of commands, and reading stops
+    /// at the first quiet moment.
+    async fn finish_pending_commands(&mut self) {
+        for _ in 0..self.state.config.ws_command_burst {
+            match timeout(DRAIN_QUIET, self.socket.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let frames = self.on_text(&text).await;
+                    if self.write(frames).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_)))) => {}
+                _ => return,
             }
         }
     }
