@@ -90,6 +90,8 @@ pub struct Config {
     pub db_acquire_timeout: Duration,
     pub db_connect_retries: u32,
     pub shutdown_grace: Duration,
+    /// How often each instance checks whether the wheel changed elsewhere.
+    pub wheel_reload_interval: Duration,
     pub max_body_bytes: usize,
     /// The largest receipt image accepted.
     pub upload_max_bytes: usize,
@@ -266,6 +268,7 @@ impl Config {
             db_acquire_timeout: Duration::from_millis(db_acquire_timeout_ms),
             db_connect_retries,
             shutdown_grace: Duration::from_millis(shutdown_grace_ms),
+            wheel_reload_interval: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
             upload_max_bytes,
             storage,

@@ -48,6 +48,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let maintenance = tokio::spawn(maintenance::run(state.clone()));
+    let wheel_watch = tokio::spawn(maintenance::watch_wheel(state.clone()));
     let token = state.shutdown.clone();
     let app = http::router(state.clone());
     let result = axum::serve(listener, app)
@@ -70,6 +71,7 @@ pub async fn serve(
         );
     }
     maintenance.abort();
+    wheel_watch.abort();
     result
 }
 

@@ -13,6 +13,29 @@ const EVERY: Duration = Duration::from_secs(600);
 const BATCH: u32 = 5000;
 const KEY_HOURS: u32 = 48;
 
+/// Reloads the wheel when its version in the database differs from the one
+/// this process uses (a merchant changed it through another instance).
+pub async fn watch_wheel(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.wheel_reload_interval);
+    let mut seen = crate::domain::lottery::loaded_version(&state);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store::lottery::settings_version(&state.db).await {
+            Ok(v) if v != seen => {
+                seen = v;
+                if let Err(e) = crate::domain::lottery::reload_wheel(&state).await {
+                    tracing::warn!(error = %e, "could not reload the wheel");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "could not read the wheel's version"),
+        }
+    }
+}
+
 pub async fn run(state: AppState) {
     let mut tick = tokio::time::interval(EVERY);
     loop {

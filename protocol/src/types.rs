@@ -384,6 +384,24 @@ pub struct Statistics {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PointsAdjustment {
+    pub user_id: u64,
+    /// The change: positive grants, negative deducts.
+    pub points: i64,
+    pub total_points: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LotterySettings {
+    pub cost_points: u32,
+    pub pity_threshold: u32,
+    /// Draws per user per business day; 0 means no limit.
+    pub daily_limit: u32,
+    /// Changes with every edit of the wheel; stored on each draw record.
+    pub version: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Welcome {
     pub user_id: u64,
     pub total_points: i64,

@@ -285,3 +285,69 @@ pub async fn records(state: &AppState, user_id: u64, page: Page) -> Result<DrawR
         pagination: page.pagination(total),
     })
 }
+
+/// A merchant's change to the wheel's settings. Field by field optional;
+/// the result must still be a valid wheel, or nothing changes.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    pub cost_points: Option<u32>,
+    pub pity_threshold: Option<u32>,
+    pub daily_limit: Option<u32>,
+}
+
+#[instrument(skip_all)]
+pub async fn update_settings(
+    state: &AppState,
+    patch: SettingsPatch,
+) -> Result<protocol::LotterySettings> {
+    if patch
+        .cost_points
+        .is_some_and(|c| !(1..=100_000).contains(&c))
+    {
+        return Err(Error::Invalid("cost_points must be 1 to 100000".into()));
+    }
+    if patch
+        .pity_threshold
+        .is_some_and(|t| !(1..=1000).contains(&t))
+    {
+        return Err(Error::Invalid("pity_threshold must be 1 to 1000".into()));
+    }
+    if patch.daily_limit.is_some_and(|d| d > 10_000) {
+        return Err(Error::Invalid(
+            "daily_limit must be 0 (no limit) to 10000".into(),
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let mut s = store::lottery::lock_settings(&mut tx)
+        .await?
+        .ok_or_else(|| Error::internal(ErrorCode::Internal, "lottery_settings has no row"))?;
+    s.version += 1;
+    s.cost_points = patch.cost_points.unwrap_or(s.cost_points);
+    s.pity_threshold = patch.pity_threshold.unwrap_or(s.pity_threshold);
+    s.daily_limit = patch.daily_limit.unwrap_or(s.daily_limit);
+    store::lottery::write_settings(&mut tx, &s).await?;
+    tx.commit().await?;
+    reload_wheel(state).await?;
+    Ok(protocol::LotterySettings {
+        cost_points: s.cost_points,
+        pity_threshold: s.pity_threshold,
+        daily_limit: s.daily_limit,
+        version: s.version,
+    })
+}
+
+/// Reloads the wheel from the database into this process.
+pub async fn reload_wheel(state: &AppState) -> Result<()> {
+    let wheel = load_wheel(&state.db).await?;
+    if let Err(why) = &wheel {
+        tracing::error!(%why, "the prize wheel's configuration is invalid; draws are refused until it is fixed");
+    }
+    state.set_wheel(wheel);
+    Ok(())
+}
+
+/// The version of the wheel this process uses (None when it is invalid).
+pub fn loaded_version(state: &AppState) -> Option<u32> {
+    state.wheel().as_ref().as_ref().ok().map(|w| w.version)
+}

@@ -3,6 +3,7 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::{get, post, put};
+use protocol::{LotterySettings, PointsAdjustment};
 use protocol::{
     Product, Products, Redemption, ReviewOutcome, ReviewRequest, Reviews, Statistics, StockChanges,
 };
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use super::exchange::ProductsQuery;
 use super::extract::{ApiJson, ApiQuery, MerchantUser};
 use crate::domain::exchange::{self, ProductInput, StockRequest};
-use crate::domain::{PageQuery, photos};
+use crate::domain::{PageQuery, lottery, photos, points};
 use crate::error::{Envelope, Error, Result};
 use crate::state::AppState;
 
@@ -25,6 +26,11 @@ pub fn routes() -> Router<AppState> {
         .route("/reviews", get(reviews))
         .route("/review", post(review))
         .route("/statistics", get(statistics))
+        .route("/points/adjust", post(adjust_points))
+        .route(
+            "/lottery/settings",
+            get(lottery_settings).put(update_lottery_settings),
+        )
 }
 
 /// A path id that is not a number is a bad parameter, not a 404 page.
@@ -137,4 +143,44 @@ async fn statistics(
     _m: MerchantUser,
 ) -> Result<Envelope<Statistics>> {
     Ok(Envelope(photos::statistics(&state).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdjustBody {
+    user_id: u64,
+    points: i64,
+    reason: String,
+}
+
+async fn adjust_points(
+    State(state): State<AppState>,
+    MerchantUser(m): MerchantUser,
+    ApiJson(body): ApiJson<AdjustBody>,
+) -> Result<Envelope<PointsAdjustment>> {
+    Ok(Envelope(
+        points::admin_adjust(&state, &m, body.user_id, body.points, &body.reason).await?,
+    ))
+}
+
+async fn lottery_settings(
+    State(state): State<AppState>,
+    _m: MerchantUser,
+) -> Result<Envelope<LotterySettings>> {
+    let (settings, _) = crate::store::lottery::load(&state.db).await?;
+    let s = settings.ok_or(Error::Refused(protocol::ErrorCode::LotteryUnavailable))?;
+    Ok(Envelope(LotterySettings {
+        cost_points: s.cost_points,
+        pity_threshold: s.pity_threshold,
+        daily_limit: s.daily_limit,
+        version: s.version,
+    }))
+}
+
+async fn update_lottery_settings(
+    State(state): State<AppState>,
+    _m: MerchantUser,
+    ApiJson(patch): ApiJson<lottery::SettingsPatch>,
+) -> Result<Envelope<LotterySettings>> {
+    Ok(Envelope(lottery::update_settings(&state, patch).await?))
 }

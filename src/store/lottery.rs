@@ -134,3 +134,33 @@ pub async fn page_draws(
         .await?;
     Ok((rows, total as u64))
 }
+
+/// Locks the settings row (every change of the wheel takes it).
+pub async fn lock_settings(tx: &mut Tx) -> sqlx::Result<Option<SettingsRow>> {
+    sqlx::query_as(
+        "SELECT version, cost_points, pity_threshold, daily_limit FROM lottery_settings WHERE id = 1 FOR UPDATE",
+    )
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Writes the settings with the next version.
+pub async fn write_settings(tx: &mut Tx, s: &SettingsRow) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE lottery_settings SET version = ?, cost_points = ?, pity_threshold = ?, daily_limit = ? WHERE id = 1",
+    )
+    .bind(s.version)
+    .bind(s.cost_points)
+    .bind(s.pity_threshold)
+    .bind(s.daily_limit)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn settings_version(pool: &MySqlPool) -> sqlx::Result<Option<u32>> {
+    let v: Option<(u32,)> = sqlx::query_as("SELECT version FROM lottery_settings WHERE id = 1")
+        .fetch_optional(pool)
+        .await?;
+    Ok(v.map(|v| v.0))
+}
