@@ -97,7 +97,7 @@ pub async fn upload(
     let image = image
         .filter(|b| !b.is_empty())
         .ok_or(Error::Refused(ErrorCode::NoImage))?;
-    let cents = parse_amount(amount.unwrap_or("").trim_matches(' '))?;
+    let cents = parse_amount(amount.unwrap_or(""))?;
     let kind = sniff_image(&image)?;
     let upload_id = ulid::Ulid::new().to_string();
     let now = Utc::now();
