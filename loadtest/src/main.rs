@@ -1,9 +1,627 @@
-//! Load generator for the restaurant points server. It speaks only the wire
-//! contract (REST login, `/ws`, commands), so it can measure any server that
-//! speaks it. The scenarios arrive with the load-test work; this binary
-//! states so instead of pretending to measure.
+//! `loadtest`: the command line over the library's scenarios, and `shard`,
+//! which runs a scenario in several processes and merges their reports.
 
-fn main() {
-    eprintln!("loadtest: no scenarios yet; see protocol/README.md for the wire contract");
-    std::process::exit(2);
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use loadtest::client::{Sources, rss_kb};
+use loadtest::link::{self, Control, Driver, Link, REPORT_PREFIX};
+use loadtest::scenarios::{Setup, commands, db_baseline, fanout, hold, storm, users};
+use loadtest::shard::{self, Pending};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Load generator for the restaurant points server (loopback targets only)",
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Log in (or reuse) N users and save their tokens.
+    Users(UsersArgs),
+    /// Open N sockets and keep them alive; connect rate, survivors, memory.
+    Hold(HoldArgs),
+    /// Restock a product R times; delivery delay to N sockets.
+    Fanout(FanoutArgs),
+    /// C users drawing and/or exchanging as fast as replies come.
+    Commands(CommandsArgs),
+    /// Lose N sockets at once; time until all are back, replay check.
+    Storm(StormArgs),
+    /// The database's own throughput for the draw's transaction shape.
+    DbBaseline(DbArgs),
+    /// Run a scenario in P processes and merge their reports.
+    Shard(ShardArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Server base URL (127.0.0.0/8 or localhost only).
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    server: String,
+    /// Tokens file (JSON lines: phone, user_id, access_token).
+    #[arg(long, default_value = "tokens.jsonl")]
+    tokens: PathBuf,
+    /// Phone prefix; phones are the prefix and a zero-padded index (11 digits).
+    #[arg(long, default_value = "1990")]
+    prefix: String,
+    /// Index of the first user.
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+    /// Logins in flight at once.
+    #[arg(long, default_value_t = 64)]
+    login_concurrency: usize,
+    /// First loopback source address: 127.0.0.<src-from>.
+    #[arg(long, default_value_t = 2)]
+    src_from: u8,
+    /// How many source addresses (0: let the kernel choose).
+    #[arg(long, default_value_t = 4)]
+    src_count: u8,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Run as a shard child (progress and report on stdout, controls on stdin).
+    #[arg(long, hide = true)]
+    child: bool,
+    /// Only read the tokens file (shard children).
+    #[arg(long, hide = true)]
+    no_write_tokens: bool,
+}
+
+impl Common {
+    fn setup(&self) -> Setup {
+        Setup {
+            server: self.server.clone(),
+            tokens: Some(self.tokens.clone()),
+            prefix: self.prefix.clone(),
+            offset: self.offset,
+            write_tokens: !self.no_write_tokens,
+            login_concurrency: self.login_concurrency,
+            sources: Sources {
+                from: self.src_from,
+                count: self.src_count,
+            },
+        }
+    }
+}
+
+fn secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..=86_400.0).contains(&v) {
+        return Err("seconds must be 0 to 86400".into());
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[derive(Args, Clone)]
+struct UsersArgs {
+    #[command(flatten)]
+    common: Common,
+    /// How many users.
+    #[arg(long, default_value_t = 1000)]
+    count: u64,
+    /// Reuse valid tokens from the file instead of logging in again.
+    #[arg(long)]
+    reuse: bool,
+    /// Bound on the whole run, seconds.
+    #[arg(long, value_parser = secs, default_value = "300")]
+    duration: Duration,
+}
+
+#[derive(Args, Clone)]
+struct HoldArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 1000)]
+    sockets: usize,
+    /// Sockets per user (the server allows 5 by default).
+    #[arg(long, default_value_t = 1)]
+    sockets_per_user: usize,
+    /// Seconds to hold; default three heartbeat intervals.
+    #[arg(long, value_parser = secs)]
+    hold: Option<Duration>,
+    /// The server's pid, for its RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Bound on logging in and connecting, seconds.
+    #[arg(long, value_parser = secs, default_value = "300")]
+    duration: Duration,
+}
+
+#[derive(Args, Clone)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 1000)]
+    sockets: usize,
+    /// R: restocks, one at a time.
+    #[arg(long, default_value_t = 10)]
+    updates: usize,
+    /// Restock this product (default: create an inactive one).
+    #[arg(long)]
+    product: Option<u64>,
+    /// Seconds one update may take to reach every socket.
+    #[arg(long, value_parser = secs, default_value = "10")]
+    update_timeout: Duration,
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Bound on logging in and connecting, seconds.
+    #[arg(long, value_parser = secs, default_value = "300")]
+    duration: Duration,
+}
+
+#[derive(Args, Clone)]
+struct CommandsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// C: users, one socket each.
+    #[arg(long, default_value_t = 50)]
+    users: usize,
+    /// S: seconds of sending.
+    #[arg(long, value_parser = secs, default_value = "10")]
+    duration: Duration,
+    /// draw, exchange or both.
+    #[arg(long, default_value = "draw")]
+    mix: String,
+    /// Send commands over REST (events are still checked on the socket).
+    #[arg(long)]
+    rest: bool,
+    /// Cap on the total command rate, per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Product for exchanges (default: create one).
+    #[arg(long)]
+    product: Option<u64>,
+    /// Top every user up to this many points (default: enough for the run).
+    #[arg(long)]
+    points: Option<i64>,
+    /// Seconds to wait for trailing events after the deadline.
+    #[arg(long, value_parser = secs, default_value = "3")]
+    drain: Duration,
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    #[arg(long, hide = true)]
+    skip_setup: bool,
+    /// Also run db-baseline right after, for comparison (mysql://…, loopback).
+    #[arg(long)]
+    baseline_database_url: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct StormArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 1000)]
+    sockets: usize,
+    /// drop (the client drops every socket) or server-restart (you restart the server).
+    #[arg(long, default_value = "drop")]
+    mode: String,
+    /// Bound on reconnecting, seconds after the disconnect.
+    #[arg(long, value_parser = secs, default_value = "120")]
+    duration: Duration,
+    /// server-restart: seconds to wait for the server to go away.
+    #[arg(long, value_parser = secs, default_value = "300")]
+    wait_for_restart: Duration,
+    /// drop: users granted a point while disconnected (each must see it).
+    #[arg(long, default_value_t = 100)]
+    touch: usize,
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+}
+
+#[derive(Args, Clone)]
+struct DbArgs {
+    /// mysql://user@127.0.0.1:3307/db (loopback only).
+    #[arg(long)]
+    database_url: String,
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    #[arg(long, value_parser = secs, default_value = "10")]
+    duration: Duration,
+    /// Keep the benchmark rows.
+    #[arg(long)]
+    keep: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct ShardArgs {
+    /// P: child processes.
+    #[arg(long)]
+    procs: usize,
+    /// Print the merged report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The scenario and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    args: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    loadtest::raise_nofile_limit();
+    let code = match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            1
+        }
+    };
+    // Exit here: a shard child's stdin reader sits in a blocking read that
+    // would otherwise hold the runtime open until the parent closes it.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::process::exit(code)
+}
+
+/// Prints a report: JSON, the child's `@report` line, or for people.
+fn emit<R: Serialize + Display>(report: &R, json: bool, child: bool) -> anyhow::Result<()> {
+    if child {
+        println!("{REPORT_PREFIX}{}", serde_json::to_string(report)?);
+    } else if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+fn child_link(common: &Common) -> Option<Link> {
+    common.child.then(Link::stdio)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.cmd {
+        Cmd::Users(a) => {
+            let r = users::run(users::Opts {
+                setup: a.common.setup(),
+                count: a.count,
+                reuse: a.reuse,
+                duration: a.duration,
+            })
+            .await?;
+            emit(&r, a.common.json, a.common.child)?;
+        }
+        Cmd::Hold(a) => {
+            let r = hold::run(hold_opts(&a)).await?;
+            emit(&r, a.common.json, a.common.child)?;
+        }
+        Cmd::Fanout(a) => {
+            let r = fanout::run(fanout_opts(&a)).await?;
+            emit(&r, a.common.json, a.common.child)?;
+        }
+        Cmd::Commands(a) => {
+            let r = commands::run(commands_opts(&a)?).await?;
+            emit(&r, a.common.json, a.common.child)?;
+            if !r.verification_ok && !a.common.child {
+                return Ok(3);
+            }
+        }
+        Cmd::Storm(a) => {
+            let r = storm::run(storm_opts(&a)?).await?;
+            emit(&r, a.common.json, a.common.child)?;
+        }
+        Cmd::DbBaseline(a) => {
+            let r = db_baseline::run(db_baseline::Opts {
+                database_url: a.database_url,
+                connections: a.connections,
+                duration: a.duration,
+                keep: a.keep,
+            })
+            .await?;
+            emit(&r, a.json, false)?;
+        }
+        Cmd::Shard(a) => return run_shard(a).await,
+    }
+    Ok(0)
+}
+
+fn hold_opts(a: &HoldArgs) -> hold::Opts {
+    hold::Opts {
+        setup: a.common.setup(),
+        sockets: a.sockets,
+        sockets_per_user: a.sockets_per_user,
+        hold: a.hold,
+        server_pid: a.server_pid,
+        connect_concurrency: a.connect_concurrency,
+        duration: a.duration,
+        link: child_link(&a.common),
+    }
+}
+
+fn fanout_opts(a: &FanoutArgs) -> fanout::Opts {
+    fanout::Opts {
+        setup: a.common.setup(),
+        sockets: a.sockets,
+        updates: a.updates,
+        product: a.product,
+        update_timeout: a.update_timeout,
+        duration: a.duration,
+        connect_concurrency: a.connect_concurrency,
+        link: child_link(&a.common),
+    }
+}
+
+fn commands_opts(a: &CommandsArgs) -> anyhow::Result<commands::Opts> {
+    Ok(commands::Opts {
+        setup: a.common.setup(),
+        users: a.users,
+        duration: a.duration,
+        mix: commands::Mix::parse(&a.mix)?,
+        rest: a.rest,
+        rate: a.rate,
+        product: a.product,
+        points_per_user: a.points,
+        skip_setup: a.skip_setup,
+        baseline_database_url: if a.common.child {
+            None
+        } else {
+            a.baseline_database_url.clone()
+        },
+        drain: a.drain,
+        connect_concurrency: a.connect_concurrency,
+        link: child_link(&a.common),
+    })
+}
+
+fn storm_opts(a: &StormArgs) -> anyhow::Result<storm::Opts> {
+    Ok(storm::Opts {
+        setup: a.common.setup(),
+        sockets: a.sockets,
+        mode: storm::Mode::parse(&a.mode)?,
+        duration: a.duration,
+        wait_for_restart: a.wait_for_restart,
+        touch: a.touch,
+        connect_concurrency: a.connect_concurrency,
+        link: child_link(&a.common),
+    })
+}
+
+/// How long the parent waits for a child's final report.
+const REPORT_WAIT: Duration = Duration::from_secs(3600);
+/// How long the parent waits for all children to reach a phase.
+const PHASE_WAIT: Duration = Duration::from_secs(3600);
+
+/// One child's argument list: the scenario's own, then the overrides
+/// (later flags win: `args_override_self`).
+fn child_args(inner: &[String], overrides: &[(&str, String)], flags: &[&str]) -> Vec<String> {
+    let mut args = inner.to_vec();
+    for (k, v) in overrides {
+        args.push(format!("--{k}"));
+        args.push(v.clone());
+    }
+    for f in flags {
+        args.push(format!("--{f}"));
+    }
+    args.extend(["--child".into(), "--no-write-tokens".into()]);
+    args
+}
+
+/// The i-th child's source range: its own addresses, after the parent's.
+fn child_sources(common: &Common, i: usize) -> anyhow::Result<String> {
+    let count = common.src_count.max(1) as usize;
+    let from = common.src_from as usize + i * count;
+    if from + count > 255 {
+        bail!("not enough 127.0.0.x source addresses for this many processes; lower --src-count");
+    }
+    Ok(from.to_string())
+}
+
+fn spawn_all(
+    inner: &[String],
+    common: &Common,
+    shares: &[usize],
+    per_child: impl Fn(usize, usize, u64) -> Vec<(&'static str, String)>,
+    flags: &[&str],
+) -> anyhow::Result<(Vec<Driver>, Vec<Pending>)> {
+    let mut drivers = Vec::new();
+    let mut pending = Vec::new();
+    let mut offset = common.offset;
+    for (i, &n) in shares.iter().enumerate() {
+        let mut overrides = per_child(i, n, offset);
+        overrides.push(("src-from", child_sources(common, i)?));
+        overrides.push(("offset", offset.to_string()));
+        let (d, p) = shard::spawn(i, &child_args(inner, &overrides, flags))?;
+        drivers.push(d);
+        pending.push(p);
+        offset += n as u64;
+    }
+    Ok((drivers, pending))
+}
+
+async fn reports<T: DeserializeOwned>(pending: Vec<Pending>) -> anyhow::Result<Vec<T>> {
+    let mut out = Vec::new();
+    for p in pending {
+        out.push(p.report(REPORT_WAIT).await?);
+    }
+    Ok(out)
+}
+
+async fn run_shard(a: ShardArgs) -> anyhow::Result<i32> {
+    if a.procs == 0 {
+        bail!("--procs must be at least 1");
+    }
+    let mut argv = vec!["loadtest".to_string()];
+    argv.extend(a.args.iter().cloned());
+    let inner = Cli::try_parse_from(&argv).context("the scenario after --")?;
+    let inner_args = a.args.clone();
+    match inner.cmd {
+        Cmd::Hold(h) => {
+            // One user per `sockets_per_user` sockets: whole users per child.
+            let per_user = h.sockets_per_user.max(1);
+            let user_shares = shard::split(h.sockets.div_ceil(per_user), a.procs);
+            users::ensure_all(
+                &h.common.setup(),
+                user_shares.iter().sum::<usize>() as u64,
+                h.duration,
+            )
+            .await?;
+            let before = h.server_pid.and_then(rss_kb);
+            let mut left = h.sockets;
+            let socket_shares: Vec<usize> = user_shares
+                .iter()
+                .map(|u| {
+                    let s = (u * per_user).min(left);
+                    left -= s;
+                    s
+                })
+                .collect();
+            // Offsets advance by users, so pass user shares to spawn_all and
+            // the socket count per child as an override.
+            let (mut drivers, pending) = spawn_all(
+                &inner_args,
+                &h.common,
+                &user_shares,
+                |i, _, _| vec![("sockets", socket_shares[i].to_string())],
+                &[],
+            )?;
+            link::all_ready(&mut drivers, PHASE_WAIT).await?;
+            let connected = h.server_pid.and_then(rss_kb);
+            link::broadcast(&drivers, Control::Go);
+            link::all_ready(&mut drivers, PHASE_WAIT).await?;
+            let after = h.server_pid.and_then(rss_kb);
+            link::broadcast(&drivers, Control::Go);
+            let parts: Vec<hold::Report> = reports(pending).await?;
+            let rss = match (before, connected, after) {
+                (Some(before_kb), Some(connected_kb), Some(after_kb)) => Some(hold::Rss {
+                    before_kb,
+                    connected_kb,
+                    after_kb,
+                }),
+                _ => None,
+            };
+            emit(&hold::Report::merge(parts, rss), a.json, false)?;
+        }
+        Cmd::Fanout(f) => {
+            let shares = shard::split(f.sockets, a.procs);
+            users::ensure_all(&f.common.setup(), f.sockets as u64, f.duration).await?;
+            let api = f.common.setup().api()?;
+            let merchant = api.merchant_token().await?;
+            let product = match f.product {
+                Some(p) => p,
+                None => fanout::create_product(&api, &merchant, "fanout").await?,
+            };
+            let (mut drivers, pending) = spawn_all(
+                &inner_args,
+                &f.common,
+                &shares,
+                |_, n, _| vec![("sockets", n.to_string()), ("product", product.to_string())],
+                &[],
+            )?;
+            let driven = fanout::drive(
+                &api,
+                &merchant,
+                product,
+                f.updates,
+                f.update_timeout,
+                &mut drivers,
+            )
+            .await?;
+            let parts: Vec<fanout::Report> = reports(pending).await?;
+            emit(&fanout::Report::merge(parts, driven), a.json, false)?;
+        }
+        Cmd::Commands(c) => {
+            let shares = shard::split(c.users, a.procs);
+            let setup = c.common.setup();
+            let creds = users::ensure_all(&setup, c.users as u64, Duration::from_secs(300)).await?;
+            let api = setup.api()?;
+            let prepared = commands::prepare(
+                &api,
+                &creds,
+                commands::Mix::parse(&c.mix)?,
+                c.duration,
+                c.rate,
+                c.product,
+                c.points,
+            )
+            .await?;
+            let product = prepared.product;
+            let result = async {
+                let (mut drivers, pending) = spawn_all(
+                    &inner_args,
+                    &c.common,
+                    &shares,
+                    |_, n, _| {
+                        let mut o = vec![("users", n.to_string())];
+                        if let Some(p) = product {
+                            o.push(("product", p.to_string()));
+                        }
+                        if let Some(r) = c.rate {
+                            o.push(("rate", (r * n as f64 / c.users.max(1) as f64).to_string()));
+                        }
+                        o
+                    },
+                    &["skip-setup"],
+                )?;
+                link::all_ready(&mut drivers, PHASE_WAIT).await?;
+                link::broadcast(&drivers, Control::Go);
+                reports::<commands::Report>(pending).await
+            }
+            .await;
+            let restored = commands::restore(&api, &prepared).await;
+            let mut merged = commands::Report::merge(result?, prepared.notes.clone());
+            merged.rate_cap = c.rate;
+            restored?;
+            if let Some(url) = &c.baseline_database_url {
+                merged.db_baseline = Some(commands::baseline(url, c.users, c.duration).await?);
+            }
+            emit(&merged, a.json, false)?;
+            if !merged.verification_ok {
+                return Ok(3);
+            }
+        }
+        Cmd::Storm(s) => {
+            let shares = shard::split(s.sockets, a.procs);
+            let touches = shard::split(s.touch.min(s.sockets), a.procs);
+            users::ensure_all(
+                &s.common.setup(),
+                s.sockets as u64,
+                Duration::from_secs(300),
+            )
+            .await?;
+            let mode = storm::Mode::parse(&s.mode)?;
+            let (mut drivers, pending) = spawn_all(
+                &inner_args,
+                &s.common,
+                &shares,
+                |i, n, _| {
+                    vec![
+                        ("sockets", n.to_string()),
+                        ("touch", touches[i].min(n).to_string()),
+                    ]
+                },
+                &[],
+            )?;
+            link::all_ready(&mut drivers, PHASE_WAIT).await?;
+            link::broadcast(
+                &drivers,
+                match mode {
+                    storm::Mode::Drop => Control::Drop,
+                    storm::Mode::ServerRestart => Control::Go,
+                },
+            );
+            let parts: Vec<storm::Report> = reports(pending).await?;
+            emit(&storm::Report::merge(parts), a.json, false)?;
+        }
+        Cmd::Users(_) | Cmd::DbBaseline(_) | Cmd::Shard(_) => {
+            bail!(
+                "shard runs hold, fanout, commands or storm; users and db-baseline need no sharding"
+            )
+        }
+    }
+    Ok(0)
 }

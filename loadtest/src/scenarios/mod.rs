@@ -1,0 +1,82 @@
+//! One module per scenario. Each has `Opts`, an `async fn run(opts) ->
+//! Result<Report>` and a `Report` that is `Serialize` (the `--json` form)
+//! and `Display` (the human summary). All of them are bounded: counts are
+//! given, every phase has a deadline, every network wait a timeout.
+
+pub mod commands;
+pub mod db_baseline;
+pub mod fanout;
+pub mod hold;
+pub mod storm;
+pub mod users;
+
+use crate::client::{Api, Connector, Sources, Target};
+use std::path::PathBuf;
+
+/// What every socket scenario needs to find the server and its users.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// Base URL of the server; only loopback hosts are accepted.
+    pub server: String,
+    /// JSON-lines file of `{phone,user_id,access_token}`; `None`: keep
+    /// tokens in memory only.
+    pub tokens: Option<PathBuf>,
+    /// Phones are `prefix` + a zero-padded index, 11 digits in all.
+    pub prefix: String,
+    /// Index of the first user this run uses.
+    pub offset: u64,
+    /// Whether newly logged-in tokens are written back to `tokens`
+    /// (shard children only read the file their parent wrote).
+    pub write_tokens: bool,
+    /// Logins in flight at once.
+    pub login_concurrency: usize,
+    /// Loopback source addresses for client sockets.
+    pub sources: Sources,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            server: "http://127.0.0.1:3000".into(),
+            tokens: Some(PathBuf::from("tokens.jsonl")),
+            prefix: "1990".into(),
+            offset: 0,
+            write_tokens: true,
+            login_concurrency: 64,
+            sources: Sources::default(),
+        }
+    }
+}
+
+impl Setup {
+    pub fn target(&self) -> anyhow::Result<Target> {
+        Target::parse(&self.server)
+    }
+
+    pub fn api(&self) -> anyhow::Result<Api> {
+        Api::new(&self.target()?)
+    }
+
+    pub fn connector(&self) -> anyhow::Result<Connector> {
+        Connector::new(&self.target()?, self.sources)
+    }
+}
+
+/// Refuses to open more sockets than this process's file limit allows,
+/// with the way out.
+pub(crate) fn check_socket_budget(sockets: usize) -> anyhow::Result<()> {
+    let budget = crate::socket_budget();
+    if sockets > budget {
+        anyhow::bail!(
+            "{sockets} sockets exceed this process's open-files budget ({budget}); \
+             split the run with `loadtest shard --procs N -- ...`"
+        );
+    }
+    Ok(())
+}
+
+/// A process-unique prefix for command ids and idempotency keys.
+pub(crate) fn run_tag() -> String {
+    let n: u32 = rand::random();
+    format!("lt{:x}{n:08x}", chrono::Utc::now().timestamp())
+}
