@@ -186,7 +186,7 @@ impl Config {
         let heartbeat_ms = num("HEARTBEAT_INTERVAL_MS", 30_000, 100, 600_000);
         let ws_max_sockets_per_user = num("WS_MAX_SOCKETS_PER_USER", 5, 1, 100) as usize;
         let ws_max_connections = num("WS_MAX_CONNECTIONS", 19_000, 1, 10_000_000) as usize;
-        let ws_read_buffer_bytes = num("WS_READ_BUFFER_BYTES", 4096, 256, 1 << 20) as usize;
+        let ws_read_buffer_bytes = num("WS_READ_BUFFER_BYTES", 256, 256, 1 << 20) as usize;
         let ws_max_frame_bytes = num("WS_MAX_FRAME_BYTES", 16 * 1024, 256, 1 << 20) as usize;
         let ws_outbox_capacity = num("WS_OUTBOX_CAPACITY", 64, 4, 65_536) as usize;
         let ws_commands_per_sec = num("WS_COMMANDS_PER_SEC", 20, 1, 100_000) as u32;

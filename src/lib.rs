@@ -8,6 +8,7 @@
 pub mod config;
 pub mod domain;
 pub mod error;
+mod heartbeat;
 pub mod http;
 pub mod hub;
 mod maintenance;
@@ -49,6 +50,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let maintenance = tokio::spawn(maintenance::run(state.clone()));
     let wheel_watch = tokio::spawn(maintenance::watch_wheel(state.clone()));
+    let heartbeat = tokio::spawn(heartbeat::run(state.clone()));
     let token = state.shutdown.clone();
     let app = http::router(state.clone());
     let result = axum::serve(listener, app)
@@ -72,6 +74,7 @@ pub async fn serve(
     }
     maintenance.abort();
     wheel_watch.abort();
+    heartbeat.abort();
     result
 }
 

@@ -31,6 +31,9 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Tracks socket tasks, which axum's graceful shutdown does not wait for.
     pub sockets: TaskTracker,
+    /// Ticks once per heartbeat interval; every socket pings and checks its
+    /// liveness on each tick.
+    pub heartbeat: tokio::sync::watch::Sender<u64>,
 }
 
 impl Deref for AppState {
@@ -63,6 +66,7 @@ impl AppState {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
+            heartbeat: tokio::sync::watch::Sender::new(0),
         }))
     }
 

@@ -64,7 +64,7 @@ where
     }
     let answer = run(s, kind, &id, frame.data).await;
     if let Err(e) = &answer {
-        log_failure(kind, e);
+        log_failure(s.auth.user_id, kind, e);
     }
     vec![reply(&id, answer)]
 }
@@ -115,12 +115,17 @@ where
     }
 }
 
-fn log_failure(kind: &str, e: &Error) {
+fn log_failure(user_id: u64, kind: &str, e: &Error) {
     match e.internal_cause() {
         Some(cause) => {
-            tracing::error!(command = kind, code = e.code().code(), %cause, "command failed")
+            tracing::error!(user_id, command = kind, code = e.code().code(), %cause, "command failed")
         }
-        None => tracing::debug!(command = kind, code = e.code().code(), "command refused"),
+        None => tracing::debug!(
+            user_id,
+            command = kind,
+            code = e.code().code(),
+            "command refused"
+        ),
     }
 }
 
@@ -193,7 +198,7 @@ where
             frames
         }
         Err(e) => {
-            log_failure(command::SYNC, &e);
+            log_failure(s.auth.user_id, command::SYNC, &e);
             vec![reply(id, Err(e))]
         }
     }

@@ -10,7 +10,6 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use protocol::ErrorCode;
 use serde::Deserialize;
-use tracing::Instrument;
 
 use crate::domain::auth::authorize;
 use crate::error::Error;
@@ -54,12 +53,6 @@ pub async fn upgrade(
     let max = c.ws_max_frame_bytes;
     let since = params.since;
     let tracker = state.sockets.clone();
-    // Every line a socket logs names its user.
-    let span = tracing::info_span!(
-        "socket",
-        user_id = auth.user_id,
-        session_id = auth.session_id
-    );
     ws.read_buffer_size(c.ws_read_buffer_bytes)
         .write_buffer_size(0)
         .max_write_buffer_size(max.max(64 * 1024) * 4)
@@ -67,6 +60,9 @@ pub async fn upgrade(
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| {
-            tracker.track_future(session::run(socket, state, auth, since).instrument(span))
+            // No span per socket: an open span costs memory for as long as
+            // the socket lives. Socket log lines carry `user_id` themselves.
+            let fut = session::run(socket, state, auth, since);
+            tracker.track_future(fut)
         })
 }

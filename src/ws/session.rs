@@ -10,10 +10,9 @@
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use protocol::{Welcome, close, event};
-use rand::Rng;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio::time::{Instant, timeout};
 
 use super::commands;
 use crate::domain::auth::AuthUser;
@@ -83,11 +82,8 @@ where
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = timeout(
-            CLOSE_TIMEOUT,
-            session.socket.send(Message::Close(Some(frame))),
-        )
-        .await;
+        let close = session.socket.send(Message::Close(Some(frame)));
+        let _ = Box::pin(timeout(CLOSE_TIMEOUT, close)).await;
     }
 }
 
@@ -96,36 +92,41 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     async fn serve(&mut self, since: Option<u64>) -> End {
-        let Ok(Some((total_points, last_seq))) = Box::pin(store::users::points_and_seq(
-            &self.state.db,
-            self.auth.user_id,
-        ))
-        .await
+        // Boxed, like every other one-off step: its state is not kept in the
+        // long-lived loop below.
+        if let Err(end) = Box::pin(self.greet(since)).await {
+            return end;
+        }
+        self.main_loop().await
+    }
+
+    /// `welcome`, then (with `?since=`) the replay and its `sync_result`.
+    async fn greet(&mut self, since: Option<u64>) -> Result<(), End> {
+        let Ok(Some((total_points, last_seq))) =
+            store::users::points_and_seq(&self.state.db, self.auth.user_id).await
         else {
-            return End::Close(1011, "try again later");
+            return Err(End::Close(1011, "try again later"));
         };
         self.last_sent_seq = last_seq;
-        let interval = self.state.config.heartbeat_interval;
         let welcome = Welcome {
             user_id: self.auth.user_id,
             total_points,
             last_seq,
-            heartbeat_interval_ms: interval.as_millis() as u64,
+            heartbeat_interval_ms: self.state.config.heartbeat_interval.as_millis() as u64,
             server_time: now_rfc3339(),
         };
         let mut frames = vec![event_text(event::WELCOME, &welcome)];
         if let Some(since) = since {
-            frames.extend(Box::pin(commands::sync_after_connect(self, since)).await);
+            frames.extend(commands::sync_after_connect(self, since).await);
         }
-        if let Err(end) = self.write(frames).await {
-            return end;
-        }
+        self.write(frames).await
+    }
 
-        // Spread pings so that sockets that connected together do not all
-        // ping at the same instant.
-        let first = interval.mul_f64(rand::rng().random_range(0.5..1.0));
-        let mut ticker = tokio::time::interval_at(Instant::now() + first, interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    async fn main_loop(&mut self) -> End {
+        let interval = self.state.config.heartbeat_interval;
+        // One heartbeat for all sockets (see `crate::heartbeat`): no timer
+        // per socket.
+        let mut beat = self.state.heartbeat.subscribe();
         let shutdown = self.state.shutdown.clone();
 
         loop {
@@ -167,14 +168,18 @@ where
                         Some(Err(_)) => return End::Gone,
                     }
                 }
-                _ = ticker.tick() => {
+                beat_result = beat.changed() => {
+                    if beat_result.is_err() {
+                        return End::Close(close::GOING_AWAY, "server shutting down");
+                    }
                     if self.last_seen.elapsed() > interval * 2 {
                         return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
                     }
                     if chrono::Utc::now().timestamp() >= self.auth.expires_at {
                         return End::Close(close::AUTH_EXPIRED, "token expired");
                     }
-                    if timeout(WRITE_TIMEOUT, self.socket.send(Message::Ping(Default::default()))).await.is_err() {
+                    let ping = self.socket.send(Message::Ping(Default::default()));
+                    if Box::pin(timeout(WRITE_TIMEOUT, ping)).await.is_err() {
                         return End::Gone;
                     }
                 }
@@ -253,7 +258,7 @@ where
                                 frames.extend(missing.into_iter().map(|(_, f)| Utf8Bytes::from(f)))
                             }
                             Err(e) => {
-                                tracing::warn!(error = %e, "could not fill an event gap; the client will resync")
+                                tracing::warn!(user_id = self.auth.user_id, error = %e, "could not fill an event gap; the client will resync")
                             }
                         }
                     }
@@ -281,7 +286,8 @@ where
             }
             socket.flush().await
         };
-        match timeout(WRITE_TIMEOUT, write).await {
+        // Boxed: a timer and the writes' state, allocated only while writing.
+        match Box::pin(timeout(WRITE_TIMEOUT, write)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(End::Gone),
         }
