@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use tracing::instrument;
 
 use super::points::{Account, source};
-use super::tokens::{hash_token, new_refresh_token};
+use super::tokens::{Access, hash_token, new_refresh_token};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::store::{self, Tx};
@@ -332,8 +332,14 @@ pub struct AuthUser {
 
 /// Verifies an access token and that its session and user may act.
 pub async fn authorize(state: &AppState, token: &str) -> Result<AuthUser> {
-    let claims = state.keys.verify_access(token).map_err(Error::Refused)?;
-    let session = store::auth::session_state(&state.db, claims.session_id, claims.user_id)
+    let access = state.keys.verify_access(token).map_err(Error::Refused)?;
+    Ok(check_session(state, access).await?.0)
+}
+
+/// The database half of `authorize`: the token's session must be live and
+/// its user active. Also returns the user's balance and newest event seq.
+pub async fn check_session(state: &AppState, access: Access) -> Result<(AuthUser, i64, u64)> {
+    let session = store::auth::session_state(&state.db, access.session_id, access.user_id)
         .await?
         .ok_or(Error::Refused(ErrorCode::TokenInvalid))?;
     if session.revoked {
@@ -342,12 +348,13 @@ pub async fn authorize(state: &AppState, token: &str) -> Result<AuthUser> {
     if session.user_status != "active" {
         return Err(Error::Refused(ErrorCode::AccountDisabled));
     }
-    Ok(AuthUser {
-        user_id: claims.user_id,
-        session_id: claims.session_id,
+    let user = AuthUser {
+        user_id: access.user_id,
+        session_id: access.session_id,
         is_merchant: session.is_merchant,
-        expires_at: claims.expires_at,
-    })
+        expires_at: access.expires_at,
+    };
+    Ok((user, session.total_points, session.last_seq))
 }
 
 #[cfg(test)]

@@ -124,21 +124,24 @@ impl Hub {
         }
     }
 
-    /// Adds a socket for `user_id`. When the user already holds the maximum,
-    /// the oldest is closed with 4002. Dropping the registration removes it.
+    /// Adds a socket for `user_id` and admits it: when the user already
+    /// holds the maximum, the oldest is closed with 4002. Dropping the
+    /// registration removes it.
     pub fn register(self: &Arc<Self>, user_id: u64, session_id: u64) -> Registration {
+        let reg = self.join(user_id, session_id);
+        reg.admit();
+        reg
+    }
+
+    /// Adds a socket that receives its user's events from now on, without
+    /// yet counting against the user's cap (see `Registration::admit`).
+    pub fn join(self: &Arc<Self>, user_id: u64, session_id: u64) -> Registration {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             session_id: AtomicU64::new(session_id),
             outbox: Outbox::new(self.outbox_capacity),
         });
-        let mut entry = self.users.entry(user_id).or_default();
-        entry.push(conn.clone());
-        let excess = entry.len().saturating_sub(self.max_per_user);
-        for old in entry.iter().take(excess) {
-            old.outbox.close_with(close::REPLACED);
-        }
-        drop(entry);
+        self.users.entry(user_id).or_default().push(conn.clone());
         self.total.fetch_add(1, Ordering::Relaxed);
         Registration {
             hub: self.clone(),
@@ -236,6 +239,19 @@ pub struct Registration {
     hub: Arc<Hub>,
     pub user_id: u64,
     pub conn: Arc<Conn>,
+}
+
+impl Registration {
+    /// Enforces the per-user cap now that this socket is accepted: the
+    /// user's oldest sockets beyond the cap are closed with 4002.
+    pub fn admit(&self) {
+        if let Some(conns) = self.hub.users.get(&self.user_id) {
+            let excess = conns.len().saturating_sub(self.hub.max_per_user);
+            for old in conns.iter().filter(|c| c.id != self.conn.id).take(excess) {
+                old.outbox.close_with(close::REPLACED);
+            }
+        }
+    }
 }
 
 impl Drop for Registration {

@@ -19,6 +19,10 @@ pub struct SessionState {
     pub revoked: bool,
     pub user_status: String,
     pub is_merchant: bool,
+    /// Read in the same query for a socket's `welcome`, so a reconnect
+    /// costs one database read.
+    pub total_points: i64,
+    pub last_seq: u64,
 }
 
 pub async fn session_state(
@@ -27,7 +31,8 @@ pub async fn session_state(
     user_id: u64,
 ) -> sqlx::Result<Option<SessionState>> {
     sqlx::query_as(
-        "SELECT s.revoked_at IS NOT NULL AS revoked, u.status AS user_status, u.is_merchant \
+        "SELECT s.revoked_at IS NOT NULL AS revoked, u.status AS user_status, u.is_merchant, \
+                u.total_points, u.last_seq \
          FROM auth_sessions s JOIN users u ON u.user_id = s.user_id \
          WHERE s.session_id = ? AND s.user_id = ?",
     )

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use protocol::ErrorCode;
 use serde::Deserialize;
 
-use crate::domain::auth::authorize;
+use crate::domain::auth::check_session;
 use crate::error::Error;
 use crate::http::extract::{ApiQuery, bearer_token};
 use crate::state::AppState;
@@ -35,11 +35,10 @@ pub async fn upgrade(
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Error::Refused(ErrorCode::TokenMissing).into_response();
     };
-    let auth = match authorize(&state, token).await {
+    let access = match state.keys.verify_access(token) {
         Ok(a) => a,
-        Err(e) => return e.into_response(),
+        Err(code) => return Error::Refused(code).into_response(),
     };
-    tracing::Span::current().record("user_id", auth.user_id);
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
@@ -49,6 +48,17 @@ pub async fn upgrade(
     if state.hub.connections() >= state.config.ws_max_connections {
         return Error::Refused(ErrorCode::TooManyConnections).into_response();
     }
+    // Join the hub before reading the balance and newest seq: an event
+    // committed after that read is then pushed to this socket, and one
+    // committed before it is covered by `welcome` (the socket skips
+    // repeats). One read authorizes the socket and fills `welcome`.
+    let reg = state.hub.join(access.user_id, access.session_id);
+    let (auth, total_points, last_seq) = match check_session(&state, access).await {
+        Ok(checked) => checked,
+        Err(e) => return e.into_response(),
+    };
+    reg.admit();
+    tracing::Span::current().record("user_id", auth.user_id);
     let c = &state.config;
     let max = c.ws_max_frame_bytes;
     let since = params.since;
@@ -62,7 +72,14 @@ pub async fn upgrade(
         .on_upgrade(move |socket| {
             // No span per socket: an open span costs memory for as long as
             // the socket lives. Socket log lines carry `user_id` themselves.
-            let fut = session::run(socket, state, auth, since);
+            let start = session::Start {
+                auth,
+                reg,
+                total_points,
+                last_seq,
+                since,
+            };
+            let fut = session::run(socket, state, start);
             tracker.track_future(fut)
         })
 }

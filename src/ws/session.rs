@@ -51,11 +51,28 @@ pub(super) struct Session<S> {
     strikes: u32,
 }
 
-pub async fn run<S>(socket: S, state: AppState, auth: AuthUser, since: Option<u64>)
+/// What the upgrade established: who, their place in the hub, and what
+/// `welcome` says.
+pub struct Start {
+    pub auth: AuthUser,
+    pub reg: Registration,
+    pub total_points: i64,
+    pub last_seq: u64,
+    /// `?since=`: replay after `welcome`.
+    pub since: Option<u64>,
+}
+
+pub async fn run<S>(socket: S, state: AppState, start: Start)
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    let reg = state.hub.register(auth.user_id, auth.session_id);
+    let Start {
+        auth,
+        reg,
+        total_points,
+        last_seq,
+        since,
+    } = start;
     state.metrics.ws_accepted.fetch_add(1, Ordering::Relaxed);
     let burst = state.config.ws_command_burst as f64;
     let mut session = Session {
@@ -69,7 +86,7 @@ where
         refilled: Instant::now(),
         strikes: 0,
     };
-    let end = session.serve(since).await;
+    let end = session.serve(total_points, last_seq, since).await;
     if let End::Close(code, reason) = end {
         if code == close::TOO_SLOW {
             session
@@ -91,22 +108,22 @@ impl<S> Session<S>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    async fn serve(&mut self, since: Option<u64>) -> End {
+    async fn serve(&mut self, total_points: i64, last_seq: u64, since: Option<u64>) -> End {
         // Boxed, like every other one-off step: its state is not kept in the
         // long-lived loop below.
-        if let Err(end) = Box::pin(self.greet(since)).await {
+        if let Err(end) = Box::pin(self.greet(total_points, last_seq, since)).await {
             return end;
         }
         self.main_loop().await
     }
 
     /// `welcome`, then (with `?since=`) the replay and its `sync_result`.
-    async fn greet(&mut self, since: Option<u64>) -> Result<(), End> {
-        let Ok(Some((total_points, last_seq))) =
-            store::users::points_and_seq(&self.state.db, self.auth.user_id).await
-        else {
-            return Err(End::Close(1011, "try again later"));
-        };
+    async fn greet(
+        &mut self,
+        total_points: i64,
+        last_seq: u64,
+        since: Option<u64>,
+    ) -> Result<(), End> {
         self.last_sent_seq = last_seq;
         let welcome = Welcome {
             user_id: self.auth.user_id,
