@@ -205,11 +205,29 @@ where
 }
 
 /// `?since=` on connect: like `sync`, answered by a `sync_result` event.
-pub(super) async fn sync_after_connect<S>(s: &mut Session<S>, since: u64) -> Vec<String>
+/// `last_seq` was read at the upgrade: a client that missed nothing (the
+/// common case after a restart) costs no further read.
+pub(super) async fn sync_after_connect<S>(
+    s: &mut Session<S>,
+    since: u64,
+    last_seq: u64,
+) -> Vec<String>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    let (mut frames, status) = match domain::events::replay(&s.state, s.auth.user_id, since).await {
+    let replayed = match since.cmp(&last_seq) {
+        std::cmp::Ordering::Equal => Ok((
+            Vec::new(),
+            protocol::SyncResult {
+                from_seq: since + 1,
+                to_seq: since,
+                count: 0,
+            },
+        )),
+        std::cmp::Ordering::Greater => Err(Error::SyncTooOld { last_seq }),
+        std::cmp::Ordering::Less => domain::events::replay(&s.state, s.auth.user_id, since).await,
+    };
+    let (mut frames, status) = match replayed {
         Ok((events, summary)) => {
             s.last_sent_seq = s.last_sent_seq.max(summary.to_seq);
             let frames: Vec<String> = events.into_iter().map(|(_, f)| f).collect();

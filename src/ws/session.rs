@@ -134,7 +134,7 @@ where
         };
         let mut frames = vec![event_text(event::WELCOME, &welcome)];
         if let Some(since) = since {
-            frames.extend(commands::sync_after_connect(self, since).await);
+            frames.extend(commands::sync_after_connect(self, since, last_seq).await);
         }
         self.write(frames).await
     }
