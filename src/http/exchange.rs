@@ -5,11 +5,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use protocol::{ExchangeRequest, Orders, Products};
-use serde::Deserialize;
 
-use super::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use super::extract::{ApiJson, ApiQuery, IdempotencyKey, ListQuery};
 use crate::domain::auth::AuthUser;
-use crate::domain::{PageQuery, exchange};
+use crate::domain::exchange;
 use crate::error::{Envelope, RawEnvelope, Result};
 use crate::state::AppState;
 
@@ -20,30 +19,12 @@ pub fn routes() -> Router<AppState> {
         .route("/orders", get(orders))
 }
 
-#[derive(Deserialize)]
-pub(super) struct ProductsQuery {
-    pub category: Option<String>,
-    pub page: Option<u32>,
-    pub page_size: Option<u32>,
-    pub limit: Option<u32>,
-}
-
-impl ProductsQuery {
-    pub fn page(&self) -> PageQuery {
-        PageQuery {
-            page: self.page,
-            page_size: self.page_size,
-            limit: self.limit,
-        }
-    }
-}
-
 async fn products(
     State(state): State<AppState>,
     _user: AuthUser,
-    ApiQuery(q): ApiQuery<ProductsQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<Products>> {
-    let page = q.page().resolve()?;
+    let page = q.page()?;
     Ok(Envelope(
         exchange::products(&state, q.category.as_deref(), page, true).await?,
     ))
@@ -69,9 +50,9 @@ async fn submit(
 async fn orders(
     State(state): State<AppState>,
     user: AuthUser,
-    ApiQuery(q): ApiQuery<PageQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<Orders>> {
     Ok(Envelope(
-        exchange::orders(&state, user.user_id, q.resolve()?).await?,
+        exchange::orders(&state, user.user_id, q.page()?).await?,
     ))
 }

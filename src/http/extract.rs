@@ -109,3 +109,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         }
     }
 }
+
+/// The query of every list endpoint: paging, plus the filters some lists
+/// take (each endpoint reads the ones it knows). One struct, because
+/// `#[serde(flatten)]` would lose the numbers' types in a query string.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ListQuery {
+    pub page: Option<u32>,
+    pub page_size: Option<u32>,
+    /// The seed's clients also send `limit`.
+    pub limit: Option<u32>,
+    pub status: Option<String>,
+    pub category: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub source: Option<String>,
+}
+
+impl ListQuery {
+    pub fn page(&self) -> crate::error::Result<crate::domain::Page> {
+        crate::domain::PageQuery {
+            page: self.page,
+            page_size: self.page_size,
+            limit: self.limit,
+        }
+        .resolve()
+    }
+}

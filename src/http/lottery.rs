@@ -6,9 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use protocol::{DrawRecords, DrawRequest, LotteryConfigView};
 
-use super::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use super::extract::{ApiJson, ApiQuery, IdempotencyKey, ListQuery};
 use crate::domain::auth::AuthUser;
-use crate::domain::{PageQuery, lottery};
+use crate::domain::lottery;
 use crate::error::{Envelope, RawEnvelope, Result};
 use crate::state::AppState;
 
@@ -39,9 +39,9 @@ async fn draw(
 async fn records(
     State(state): State<AppState>,
     user: AuthUser,
-    ApiQuery(q): ApiQuery<PageQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<DrawRecords>> {
     Ok(Envelope(
-        lottery::records(&state, user.user_id, q.resolve()?).await?,
+        lottery::records(&state, user.user_id, q.page()?).await?,
     ))
 }

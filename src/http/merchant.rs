@@ -9,10 +9,9 @@ use protocol::{
 };
 use serde::Deserialize;
 
-use super::exchange::ProductsQuery;
-use super::extract::{ApiJson, ApiQuery, MerchantUser};
+use super::extract::{ApiJson, ApiQuery, ListQuery, MerchantUser};
 use crate::domain::exchange::{self, ProductInput, StockRequest};
-use crate::domain::{PageQuery, lottery, photos, points};
+use crate::domain::{lottery, photos, points};
 use crate::error::{Envelope, Error, Result};
 use crate::state::AppState;
 
@@ -42,9 +41,9 @@ fn id(raw: &str) -> Result<u64> {
 async fn list_products(
     State(state): State<AppState>,
     _m: MerchantUser,
-    ApiQuery(q): ApiQuery<ProductsQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<Products>> {
-    let page = q.page().resolve()?;
+    let page = q.page()?;
     Ok(Envelope(
         exchange::products(&state, q.category.as_deref(), page, false).await?,
     ))
@@ -84,10 +83,10 @@ async fn stock_changes(
     State(state): State<AppState>,
     _m: MerchantUser,
     Path(raw): Path<String>,
-    ApiQuery(q): ApiQuery<PageQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<StockChanges>> {
     Ok(Envelope(
-        exchange::stock_changes(&state, id(&raw)?, q.resolve()?).await?,
+        exchange::stock_changes(&state, id(&raw)?, q.page()?).await?,
     ))
 }
 
@@ -106,25 +105,12 @@ async fn redeem(
     ))
 }
 
-#[derive(Deserialize)]
-struct ReviewsQuery {
-    status: Option<String>,
-    page: Option<u32>,
-    page_size: Option<u32>,
-    limit: Option<u32>,
-}
-
 async fn reviews(
     State(state): State<AppState>,
     _m: MerchantUser,
-    ApiQuery(q): ApiQuery<ReviewsQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<Reviews>> {
-    let page = PageQuery {
-        page: q.page,
-        page_size: q.page_size,
-        limit: q.limit,
-    }
-    .resolve()?;
+    let page = q.page()?;
     Ok(Envelope(
         photos::reviews(&state, q.status.as_deref(), page).await?,
     ))

@@ -8,11 +8,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
 use protocol::{ErrorCode, UploadResult, Uploads};
-use serde::Deserialize;
 
-use super::extract::ApiQuery;
+use super::extract::{ApiQuery, ListQuery};
 use crate::domain::auth::AuthUser;
-use crate::domain::{PageQuery, photos};
+use crate::domain::photos;
 use crate::error::{Envelope, Error, Result};
 use crate::state::AppState;
 
@@ -77,25 +76,12 @@ async fn upload(
     ))
 }
 
-#[derive(Deserialize)]
-struct HistoryQuery {
-    status: Option<String>,
-    page: Option<u32>,
-    page_size: Option<u32>,
-    limit: Option<u32>,
-}
-
 async fn history(
     State(state): State<AppState>,
     user: AuthUser,
-    ApiQuery(q): ApiQuery<HistoryQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<Uploads>> {
-    let page = PageQuery {
-        page: q.page,
-        page_size: q.page_size,
-        limit: q.limit,
-    }
-    .resolve()?;
+    let page = q.page()?;
     Ok(Envelope(
         photos::history(&state, user.user_id, q.status.as_deref(), page).await?,
     ))

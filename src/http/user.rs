@@ -4,12 +4,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use protocol::{ErrorCode, PointsRecord, PointsRecords, UserInfo};
-use serde::Deserialize;
 
-use super::extract::ApiQuery;
+use super::extract::{ApiQuery, ListQuery};
 use crate::domain::auth::{self, AuthUser};
 use crate::domain::points::source;
-use crate::domain::{PageQuery, to_rfc3339};
+use crate::domain::to_rfc3339;
 use crate::error::{Envelope, Error, Result};
 use crate::state::AppState;
 use crate::store;
@@ -27,27 +26,12 @@ async fn info(State(state): State<AppState>, user: AuthUser) -> Result<Envelope<
     Ok(Envelope(auth::user_info(&row)))
 }
 
-#[derive(Deserialize)]
-struct RecordsQuery {
-    page: Option<u32>,
-    page_size: Option<u32>,
-    limit: Option<u32>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    source: Option<String>,
-}
-
 async fn points_records(
     State(state): State<AppState>,
     user: AuthUser,
-    ApiQuery(q): ApiQuery<RecordsQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<PointsRecords>> {
-    let page = PageQuery {
-        page: q.page,
-        page_size: q.page_size,
-        limit: q.limit,
-    }
-    .resolve()?;
+    let page = q.page()?;
     let kind = match q.kind.as_deref() {
         None | Some("") | Some("all") => None,
         Some(k @ ("earn" | "spend")) => Some(k),
