@@ -78,7 +78,9 @@ fn prize_pick(c: &mut Criterion) {
     let wheel = demo_wheel();
     wheel.validate().unwrap();
     let mut rng = StdRng::from_os_rng();
-    c.bench_function("pick a prize", |b| b.iter(|| black_box(wheel.pick(black_box(3), &mut rng))));
+    c.bench_function("pick a prize", |b| {
+        b.iter(|| black_box(wheel.pick(black_box(3), &mut rng)))
+    });
     c.bench_function("seed a CSPRNG from the OS (once per draw command)", |b| {
         b.iter(|| black_box(StdRng::from_os_rng()))
     });
