@@ -312,20 +312,14 @@ pub struct Uploads {
     pub pagination: Pagination,
 }
 
+/// An upload in the merchant's review queue: the upload and whose it is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReviewItem {
-    pub upload_id: String,
     pub user_id: u64,
     /// Masked, as in `user_info`.
     pub user_mobile: String,
-    pub image_url: String,
-    pub amount: Money,
-    pub estimated_points: i64,
-    pub review_status: String,
-    pub points_awarded: Option<i64>,
-    pub review_reason: Option<String>,
-    pub created_at: String,
-    pub reviewed_at: Option<String>,
+    #[serde(flatten)]
+    pub upload: Upload,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -188,15 +188,7 @@ pub async fn reviews(state: &AppState, status: Option<&str>, page: Page) -> Resu
             .map(|r| ReviewItem {
                 user_id: r.user_id,
                 user_mobile: mask_mobile(&r.mobile),
-                image_url: state.storage.url(&r.storage_key),
-                upload_id: r.upload_id,
-                amount: Money(r.amount_cents as i64),
-                estimated_points: r.estimated_points as i64,
-                review_status: r.review_status,
-                points_awarded: r.points_awarded.map(i64::from),
-                review_reason: r.review_reason,
-                created_at: to_rfc3339(r.created_at),
-                reviewed_at: r.reviewed_at.map(to_rfc3339),
+                upload: upload_view(state, r),
             })
             .collect(),
         pagination: page.pagination(total),
