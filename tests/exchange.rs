@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{TestServer, User, WsClient};
+use common::{Answer, TestServer, User, WsClient, answer, count};
 use futures::future::join_all;
 use protocol::ServerFrame;
 use rand::Rng;
@@ -55,47 +55,6 @@ const PRODUCT_FIELDS: [&str; 9] = [
 // ---------------------------------------------------------------------------
 
 /// A REST answer: status, raw text and parsed envelope.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    text: String,
-    body: Value,
-}
-
-impl Answer {
-    fn code(&self) -> i64 {
-        self.body["code"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("the envelope has a code: {}", self.text))
-    }
-
-    fn data(&self) -> &Value {
-        &self.body["data"]
-    }
-
-    /// Asserts a success and returns its `data`.
-    fn ok(&self) -> &Value {
-        assert_eq!((self.status, self.code()), (200, 0), "{}", self.text);
-        assert_eq!(self.body["msg"], "success");
-        self.data()
-    }
-
-    /// Asserts a refusal with this status and code.
-    fn refused(&self, status: u16, code: i64) -> &Value {
-        assert_eq!((self.status, self.code()), (status, code), "{}", self.text);
-        self.data()
-    }
-}
-
-async fn answer(req: reqwest::RequestBuilder) -> Answer {
-    let res = req.send().await.expect("the request is answered");
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap();
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("the answer is JSON ({e}): {status} {text}"));
-    Answer { status, text, body }
-}
-
 /// Any REST call, with or without a token and a JSON body.
 async fn call(
     server: &TestServer,
@@ -237,15 +196,6 @@ async fn stock_of(server: &TestServer, product_id: u64) -> (i64, i64) {
     .fetch_one(&server.db)
     .await
     .unwrap()
-}
-
-async fn count(server: &TestServer, sql: &'static str, id: u64) -> i64 {
-    let (n,): (i64,) = sqlx::query_as(sql)
-        .bind(id)
-        .fetch_one(&server.db)
-        .await
-        .unwrap();
-    n
 }
 
 /// The user's `exchange` ledger rows.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{TestServer, User, WsClient};
+use common::{Answer, TestServer, User, WsClient, answer, count};
 use protocol::ServerFrame;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -28,23 +28,6 @@ const SEEDED_STOCK: [(&str, i64); 3] = [("8折优惠券", 500), ("招牌甜品",
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// A REST answer with its raw text, for checks on how numbers are written.
-struct Answer {
-    status: u16,
-    text: String,
-    body: Value,
-}
-
-impl Answer {
-    fn code(&self) -> i64 {
-        self.body["code"].as_i64().expect("the envelope has a code")
-    }
-
-    fn data(&self) -> &Value {
-        &self.body["data"]
-    }
-}
-
 /// `POST /api/lottery/draw` with any body, from a plain client (usable in
 /// spawned tasks).
 async fn post_draw(
@@ -58,12 +41,7 @@ async fn post_draw(
     if let Some(k) = key {
         req = req.header("Idempotency-Key", k);
     }
-    let res = req.send().await.expect("the draw request is answered");
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap();
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("the draw answer is JSON ({e}): {text}"));
-    Answer { status, text, body }
+    answer(req).await
 }
 
 async fn draw_rest(server: &TestServer, user: &User, body: Value, key: Option<&str>) -> Answer {
@@ -192,15 +170,6 @@ async fn ledger(server: &TestServer, user_id: u64) -> Vec<(String, i64, String, 
     .fetch_all(&server.db)
     .await
     .unwrap()
-}
-
-async fn count(server: &TestServer, sql: &'static str, user_id: u64) -> i64 {
-    let (n,): (i64,) = sqlx::query_as(sql)
-        .bind(user_id)
-        .fetch_one(&server.db)
-        .await
-        .unwrap();
-    n
 }
 
 async fn lottery_spends(server: &TestServer, user_id: u64) -> i64 {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{TestServer, User, WAIT, WsClient};
+use common::{Answer, TestServer, User, WAIT, WsClient, answer};
 use protocol::ServerFrame;
 use restaurant_points::Config;
 use restaurant_points::config::{Secret, StorageBackend};
@@ -204,32 +204,6 @@ fn receipt_form(image: &[u8], filename: &str, content_type: &str, amount: &str) 
 // ---------------------------------------------------------------------------
 
 /// A REST answer with its raw text, for checks on how numbers are written.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    text: String,
-    body: Value,
-}
-
-impl Answer {
-    fn code(&self) -> i64 {
-        self.body["code"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("the answer is an envelope: {}", self.text))
-    }
-
-    fn data(&self) -> &Value {
-        &self.body["data"]
-    }
-}
-
-async fn answer(res: reqwest::Response) -> Answer {
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer { status, text, body }
-}
-
 /// `POST /api/photo/upload` with any body and content type.
 async fn post_upload(
     server: &TestServer,
@@ -245,7 +219,7 @@ async fn post_upload(
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    answer(req.send().await.expect("the upload is answered")).await
+    answer(req).await
 }
 
 /// Uploads `image` as `receipt.<ext>` with `amount`.
@@ -382,15 +356,7 @@ async fn second_merchant(server: &TestServer) -> User {
 }
 
 async fn post_review(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Answer {
-    answer(
-        http.post(url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("the review is answered"),
-    )
-    .await
+    answer(http.post(url).bearer_auth(token).json(&body)).await
 }
 
 async fn review(server: &TestServer, merchant: &User, body: Value) -> Answer {
@@ -415,10 +381,7 @@ async fn get_answer(server: &TestServer, path: &str, user: &User) -> Answer {
         server
             .http
             .get(server.url(path))
-            .bearer_auth(&user.access_token)
-            .send()
-            .await
-            .unwrap(),
+            .bearer_auth(&user.access_token),
     )
     .await
 }

@@ -397,3 +397,62 @@ impl WsClient {
         }
     }
 }
+
+/// A REST answer: status, raw text (to check how numbers are written) and
+/// the parsed envelope (`Value::Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub text: String,
+    pub body: Value,
+}
+
+impl Answer {
+    pub async fn read(res: reqwest::Response) -> Answer {
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer { status, text, body }
+    }
+
+    pub fn code(&self) -> i64 {
+        self.body["code"].as_i64().unwrap_or_else(|| {
+            panic!(
+                "the answer is an envelope with a code: {} {}",
+                self.status, self.text
+            )
+        })
+    }
+
+    pub fn data(&self) -> &Value {
+        &self.body["data"]
+    }
+
+    /// Asserts a success and returns its `data`.
+    pub fn ok(&self) -> &Value {
+        assert_eq!((self.status, self.code()), (200, 0), "{}", self.text);
+        assert_eq!(self.body["msg"], "success");
+        self.data()
+    }
+
+    /// Asserts a refusal with this status and code.
+    pub fn refused(&self, status: u16, code: i64) -> &Value {
+        assert_eq!((self.status, self.code()), (status, code), "{}", self.text);
+        self.data()
+    }
+}
+
+/// Sends a request and reads its answer.
+pub async fn answer(req: reqwest::RequestBuilder) -> Answer {
+    Answer::read(req.send().await.expect("the request is answered")).await
+}
+
+/// `SELECT COUNT(*) … WHERE … = ?` on the assertion pool.
+pub async fn count(server: &TestServer, sql: &'static str, id: u64) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(sql)
+        .bind(id)
+        .fetch_one(&server.db)
+        .await
+        .unwrap();
+    n
+}
