@@ -92,19 +92,6 @@ async fn records(server: &TestServer, user: &User, query: &str) -> (u16, Value) 
         .await
 }
 
-/// Draws once on the wheel over REST; returns the draw's `data`.
-async fn draw_once(server: &TestServer, user: &User) -> Value {
-    let (status, body) = server
-        .post(
-            "/api/lottery/draw",
-            Some(&user.access_token),
-            json!({ "draw_count": 1 }),
-            &[],
-        )
-        .await;
-    ok_data(status, &body)
-}
-
 /// The claims of an access token issued by this server, read with its secret.
 fn claims_of(server: &TestServer, access_token: &str) -> Value {
     let secret = server.state.config.jwt_secret.expose();
@@ -683,7 +670,7 @@ async fn user_info_returns_every_field_with_the_mobile_masked() {
 async fn user_with_three_draws(server: &TestServer) -> User {
     let user = server.login_new().await;
     for _ in 0..3 {
-        draw_once(server, &user).await;
+        server.draw_once(&user).await;
     }
     user
 }

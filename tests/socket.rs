@@ -111,21 +111,6 @@ async fn assert_answers_ping(ws: &mut WsClient, id: &str) {
     assert_eq!(reply.code, Some(0), "the socket still answers: {reply:?}");
 }
 
-/// One draw over REST; returns the envelope's `data`.
-async fn rest_draw(server: &TestServer, user: &User) -> Value {
-    let (status, body) = server
-        .post(
-            "/api/lottery/draw",
-            Some(&user.access_token),
-            json!({ "draw_count": 1 }),
-            &[],
-        )
-        .await;
-    assert_eq!(status, 200, "REST draw: {body}");
-    assert_eq!(body["code"], 0, "REST draw: {body}");
-    body["data"].clone()
-}
-
 /// A user who drew once on a socket (event 2, seen live), went away, and
 /// drew twice more over REST while offline (events 3 and 4, unseen).
 async fn a_user_who_missed_two_events(server: &TestServer) -> User {
@@ -140,8 +125,8 @@ async fn a_user_who_missed_two_events(server: &TestServer) -> User {
     ws.ws.close(None).await.unwrap();
     drop(ws);
 
-    rest_draw(server, &user).await;
-    rest_draw(server, &user).await;
+    server.draw_once(&user).await;
+    server.draw_once(&user).await;
     let audit = server.audit(user.user_id).await;
     audit.assert_consistent();
     assert_eq!(audit.last_seq, 4);
@@ -784,7 +769,7 @@ async fn sync_of_more_events_than_the_replay_limit_is_answered_7005_with_a_reset
     let server = TestServer::start_with(|c| c.sync_replay_limit = 2).await;
     let user = server.login_new().await;
     for _ in 0..3 {
-        rest_draw(&server, &user).await;
+        server.draw_once(&user).await;
     }
     let mut ws = server.connect(&user).await;
     assert_eq!(ws.welcome.as_ref().unwrap().data["last_seq"], 4);
@@ -814,7 +799,7 @@ async fn every_socket_of_a_user_gets_the_points_update_of_a_rest_draw_with_the_s
     let mut phone = server.connect(&user).await;
     let mut tablet = server.connect(&user).await;
 
-    let draw = rest_draw(&server, &user).await;
+    let draw = server.draw_once(&user).await;
     let remaining = draw["remaining_points"].as_i64().unwrap();
     let on_phone = phone.next_of("points_update").await;
     let on_tablet = tablet.next_of("points_update").await;

@@ -168,6 +168,24 @@ impl TestServer {
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
+    /// One draw over REST that must succeed; returns its `data`.
+    pub async fn draw_once(&self, user: &User) -> Value {
+        let (status, body) = self
+            .post(
+                "/api/lottery/draw",
+                Some(&user.access_token),
+                json!({ "draw_count": 1 }),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            (status, body["code"].as_i64()),
+            (200, Some(0)),
+            "REST draw: {body}"
+        );
+        body["data"].clone()
+    }
+
     /// Logs a new user in with the development code.
     pub async fn login_new(&self) -> User {
         self.login(&unique_phone()).await
