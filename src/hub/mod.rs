@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use crate::domain::points::UserEvent;
 use protocol::close;
@@ -83,8 +84,8 @@ impl Outbox {
 
     /// Resolves when something was queued or a close was asked since the
     /// last wait (a notification that arrives between waits is kept).
-    pub async fn wait(&self) {
-        self.notify.notified().await
+    pub fn wait(&self) -> Notified<'_> {
+        self.notify.notified()
     }
 }
 
@@ -179,17 +180,24 @@ impl Hub {
         }
     }
 
-    fn all_sockets(&self) -> Vec<Arc<Conn>> {
-        self.users.iter().flat_map(|e| e.value().clone()).collect()
+    /// Queues `frame` into every outbox, walking the map in place (a shard
+    /// is read-locked only while its sockets are queued to; nothing is
+    /// cloned per socket). Returns how many took it.
+    fn push_all(&self, frame: &Utf8Bytes) -> usize {
+        let mut taken = 0;
+        for entry in self.users.iter() {
+            for c in entry.value() {
+                if c.outbox.push(Outgoing::Broadcast(frame.clone())) {
+                    taken += 1;
+                }
+            }
+        }
+        taken
     }
 
     /// Sends one frame to every socket; returns how many took it.
     pub fn broadcast(&self, frame: Utf8Bytes) -> usize {
-        let conns = self.all_sockets();
-        conns
-            .iter()
-            .filter(|c| c.outbox.push(Outgoing::Broadcast(frame.clone())))
-            .count()
+        self.push_all(&frame)
     }
 
     /// Like `broadcast`, for a latest-value event: dropped when a newer
@@ -197,16 +205,12 @@ impl Hub {
     /// happen under the key's entry lock, so two racing broadcasts of one key
     /// reach every outbox in version order.
     pub fn broadcast_versioned(&self, key: u64, version: u64, frame: Utf8Bytes) -> usize {
-        let conns = self.all_sockets();
         let mut newest = self.versions.entry(key).or_insert(0);
         if *newest >= version {
             return 0;
         }
         *newest = version;
-        conns
-            .iter()
-            .filter(|c| c.outbox.push(Outgoing::Broadcast(frame.clone())))
-            .count()
+        self.push_all(&frame)
     }
 
     pub fn close_session(&self, user_id: u64, session_id: u64, code: u16) {

@@ -10,8 +10,11 @@
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use protocol::{Welcome, close, event};
+use std::pin::pin;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
 use super::commands;
@@ -141,20 +144,28 @@ where
 
     async fn main_loop(&mut self) -> End {
         let interval = self.state.config.heartbeat_interval;
+        // The waits that outlive one turn of the loop are made once and kept
+        // registered: making them anew on every turn would re-enter the
+        // shared shutdown and heartbeat wait lists once per message, which
+        // is most of a broadcast's cost outside the socket write itself.
+        let shutdown = self.state.shutdown.clone();
+        let mut cancelled = pin!(shutdown.cancelled());
         // One heartbeat for all sockets (see `crate::heartbeat`): no timer
         // per socket.
-        let mut beat = self.state.heartbeat.subscribe();
-        let shutdown = self.state.shutdown.clone();
+        let mut beat = pin!(next_beat(self.state.heartbeat.subscribe()));
+        let conn = self.reg.conn.clone();
+        let mut queued = pin!(conn.outbox.wait());
 
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut cancelled => {
                     Box::pin(self.finish_pending_commands()).await;
                     return End::Close(close::GOING_AWAY, "server shutting down");
                 }
-                _ = self.reg.conn.outbox.wait() => {
-                    if let Some(code) = self.reg.conn.outbox.close_code() {
+                _ = &mut queued => {
+                    queued.set(conn.outbox.wait());
+                    if let Some(code) = conn.outbox.close_code() {
                         return End::Close(code, close_reason(code));
                     }
                     if let Err(end) = self.flush_outbox().await {
@@ -166,7 +177,7 @@ where
                     match msg {
                         Some(Ok(Message::Text(text))) => {
                             let frames = Box::pin(self.on_text(&text)).await;
-                            if let Some(code) = self.reg.conn.outbox.close_code() {
+                            if let Some(code) = conn.outbox.close_code() {
                                 return End::Close(code, close_reason(code));
                             }
                             if let Err(end) = self.write(frames).await {
@@ -185,10 +196,11 @@ where
                         Some(Err(_)) => return End::Gone,
                     }
                 }
-                beat_result = beat.changed() => {
-                    if beat_result.is_err() {
+                (rx, alive) = &mut beat => {
+                    if !alive {
                         return End::Close(close::GOING_AWAY, "server shutting down");
                     }
+                    beat.set(next_beat(rx));
                     if self.last_seen.elapsed() > interval * 2 {
                         return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
                     }
@@ -297,18 +309,30 @@ where
             return Ok(());
         }
         let socket = &mut self.socket;
-        let write = async move {
+        let mut write = Box::pin(async move {
             for f in frames {
                 socket.feed(Message::Text(f)).await?;
             }
             socket.flush().await
-        };
-        // Boxed: a timer and the writes' state, allocated only while writing.
+        });
+        // Nearly every write completes at once (the kernel takes it): only
+        // one that has to wait for the peer gets a timer.
+        if let Poll::Ready(done) = futures::poll!(write.as_mut()) {
+            return done.map_err(|_| End::Gone);
+        }
         match Box::pin(timeout(WRITE_TIMEOUT, write)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(End::Gone),
         }
     }
+}
+
+/// The next heartbeat tick, owning its receiver so the wait can be kept
+/// pinned across turns of the socket loop and renewed after each tick.
+/// False when the heartbeat is gone (the server is stopping).
+async fn next_beat(mut rx: watch::Receiver<u64>) -> (watch::Receiver<u64>, bool) {
+    let alive = rx.changed().await.is_ok();
+    (rx, alive)
 }
 
 pub(super) fn event_text<T: serde::Serialize>(kind: &str, data: &T) -> String {

@@ -9,9 +9,11 @@
 //! ([`drive`]: the restocks, run once by whoever owns the link).
 
 use anyhow::Context;
-use protocol::{Product, StockUpdate, event};
+use futures::StreamExt;
+use protocol::{Product, event};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,10 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::hold::close_kind;
 use super::{Setup, check_socket_budget, users};
-use crate::client::{Api, Connector, Incoming, Method, parse_time_us, recv, spread, unix_us};
+use crate::client::{Api, Connector, Method, parse_time_us, spread, unix_us};
 use crate::link::{self, Control, Driver, Link, Progress};
 use crate::stats::{Counts, Hist, add_counts, bump, round3, share, show_counts};
 
@@ -308,6 +311,24 @@ struct Shared {
     wake: Notify,
 }
 
+/// The parts of a server frame the listener measures; every other field
+/// is skipped unparsed.
+#[derive(Deserialize)]
+struct StockFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: StockData<'a>,
+}
+
+#[derive(Deserialize, Default)]
+struct StockData<'a> {
+    product_id: Option<u64>,
+    stock: Option<i64>,
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+}
+
 /// One received `stock_update`: (stock, server timestamp µs, receive µs).
 type Sample = (i64, i64, i64);
 
@@ -480,29 +501,36 @@ async fn socket(
                     return Outcome::Listened(samples, None);
                 }
             }
-            m = recv(&mut ws) => match m {
-                Incoming::Frame(f) if f.kind == event::STOCK_UPDATE => {
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) => {
                     let recv_us = unix_us();
-                    let Ok(u) = serde_json::from_value::<StockUpdate>(f.data) else { continue };
-                    if u.product_id != product {
+                    // Only the fields measured, borrowed from the frame: the
+                    // generator shares the server's cores, so reading must
+                    // cost as little as it can.
+                    let Ok(f) = serde_json::from_str::<StockFrame>(&t) else { continue };
+                    if f.kind != event::STOCK_UPDATE || f.data.product_id != Some(product) {
                         continue;
                     }
-                    let ts_us = parse_time_us(&u.timestamp).unwrap_or(recv_us);
-                    samples.push((u.stock, ts_us, recv_us));
+                    let Some(stock) = f.data.stock else { continue };
+                    let ts_us = f.data.timestamp.as_deref().and_then(parse_time_us).unwrap_or(recv_us);
+                    samples.push((stock, ts_us, recv_us));
                     let target = shared.target.load(Ordering::Acquire);
                     let count = {
                         let mut seen = shared.seen.lock().unwrap_or_else(|e| e.into_inner());
-                        let c = seen.entry(u.stock).or_default();
+                        let c = seen.entry(stock).or_default();
                         *c += 1;
                         *c
                     };
                     if target > 0 && count == target {
-                        let _ = seen_tx.send(u.stock);
+                        let _ = seen_tx.send(stock);
                     }
                 }
-                Incoming::Frame(_) => {}
-                Incoming::Closed(code) => return Outcome::Listened(samples, Some(close_kind(code))),
-                Incoming::Failed(kind) => return Outcome::Listened(samples, Some(kind)),
+                Some(Ok(Message::Close(frame))) => {
+                    return Outcome::Listened(samples, Some(close_kind(frame.map(|f| u16::from(f.code)))));
+                }
+                Some(Ok(_)) => {}
+                None => return Outcome::Listened(samples, Some(close_kind(None))),
+                Some(Err(_)) => return Outcome::Listened(samples, Some("read".into())),
             }
         }
     }
