@@ -7,7 +7,25 @@
 //! nothing per socket. Pings therefore go out together once per interval,
 //! a burst of small writes that the server absorbs easily.
 
+//!
+//! The same clock says when the server is stopping (the value [`STOPPING`]),
+//! so a socket waits on one shared signal, not two.
+
 use crate::state::AppState;
+use tokio::sync::watch;
+
+/// The clock's value once the server is stopping.
+pub const STOPPING: u64 = u64::MAX;
+
+/// Whether the server is stopping, as seen by a socket's receiver.
+pub fn stopping(rx: &watch::Receiver<u64>) -> bool {
+    *rx.borrow() == STOPPING
+}
+
+/// Tells every socket the server is stopping.
+pub fn stop(state: &AppState) {
+    state.heartbeat.send_replace(STOPPING);
+}
 
 pub async fn run(state: AppState) {
     let mut tick = tokio::time::interval(state.config.heartbeat_interval);
@@ -17,8 +35,16 @@ pub async fn run(state: AppState) {
     tick.tick().await;
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tick.tick() => state.heartbeat.send_modify(|n| *n += 1),
+            _ = state.shutdown.cancelled() => return stop(&state),
+            _ = tick.tick() => {
+                state.heartbeat.send_if_modified(|n| {
+                    if *n == STOPPING {
+                        return false;
+                    }
+                    *n += 1;
+                    true
+                });
+            }
         }
     }
 }

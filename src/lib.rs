@@ -52,7 +52,7 @@ pub async fn serve(
     let maintenance = tokio::spawn(maintenance::run(state.clone()));
     let wheel_watch = tokio::spawn(maintenance::watch_wheel(state.clone()));
     let heartbeat = tokio::spawn(heartbeat::run(state.clone()));
-    let token = state.shutdown.clone();
+    let stopping = state.clone();
     let app = http::router(state.clone());
     // Small frames go out at once: without TCP_NODELAY a second frame
     // written before the peer acknowledged the first waits for that ACK.
@@ -67,11 +67,13 @@ pub async fn serve(
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: closing sockets with 1001");
-            token.cancel();
+            stopping.shutdown.cancel();
+            heartbeat::stop(&stopping);
         })
         .await;
     // axum does not track upgraded sockets: they are ours to drain.
     state.shutdown.cancel();
+    heartbeat::stop(&state);
     state.sockets.close();
     if tokio::time::timeout(state.config.shutdown_grace, state.sockets.wait())
         .await

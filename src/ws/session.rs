@@ -14,12 +14,12 @@ use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
 use super::commands;
 use crate::domain::auth::AuthUser;
 use crate::domain::now_rfc3339;
+use crate::heartbeat;
 use crate::hub::{Outgoing, Registration};
 use crate::state::AppState;
 use crate::store;
@@ -144,25 +144,21 @@ where
 
     async fn main_loop(&mut self) -> End {
         let interval = self.state.config.heartbeat_interval;
-        // The waits that outlive one turn of the loop are made once and kept
-        // registered: making them anew on every turn would re-enter the
-        // shared shutdown and heartbeat wait lists once per message, which
-        // is most of a broadcast's cost outside the socket write itself.
-        let shutdown = self.state.shutdown.clone();
-        let mut cancelled = pin!(shutdown.cancelled());
-        // One heartbeat for all sockets (see `crate::heartbeat`): no timer
-        // per socket.
-        let mut beat = pin!(next_beat(self.state.heartbeat.subscribe()));
+        // One clock for all sockets (see `crate::heartbeat`): no timer per
+        // socket. It also says when the server is stopping.
+        let mut beat = self.state.heartbeat.subscribe();
+        if heartbeat::stopping(&beat) {
+            return self.shut_down().await;
+        }
+        // The outbox wait is made once and renewed only when it fires: a
+        // broadcast wakes every socket, and making it anew on every turn
+        // of the loop would cost each of them a registration more.
         let conn = self.reg.conn.clone();
         let mut queued = pin!(conn.outbox.wait());
 
         loop {
             tokio::select! {
                 biased;
-                _ = &mut cancelled => {
-                    Box::pin(self.finish_pending_commands()).await;
-                    return End::Close(close::GOING_AWAY, "server shutting down");
-                }
                 _ = &mut queued => {
                     queued.set(conn.outbox.wait());
                     if let Some(code) = conn.outbox.close_code() {
@@ -196,11 +192,10 @@ where
                         Some(Err(_)) => return End::Gone,
                     }
                 }
-                (rx, alive) = &mut beat => {
-                    if !alive {
-                        return End::Close(close::GOING_AWAY, "server shutting down");
+                changed = beat.changed() => {
+                    if changed.is_err() || heartbeat::stopping(&beat) {
+                        return self.shut_down().await;
                     }
-                    beat.set(next_beat(rx));
                     if self.last_seen.elapsed() > interval * 2 {
                         return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
                     }
@@ -214,6 +209,13 @@ where
                 }
             }
         }
+    }
+
+    /// The server is stopping: finish what the client already sent, then
+    /// close with 1001.
+    async fn shut_down(&mut self) -> End {
+        Box::pin(self.finish_pending_commands()).await;
+        End::Close(close::GOING_AWAY, "server shutting down")
     }
 
     /// At shutdown, commands the client already sent (in the socket's
@@ -325,14 +327,6 @@ where
             _ => Err(End::Gone),
         }
     }
-}
-
-/// The next heartbeat tick, owning its receiver so the wait can be kept
-/// pinned across turns of the socket loop and renewed after each tick.
-/// False when the heartbeat is gone (the server is stopping).
-async fn next_beat(mut rx: watch::Receiver<u64>) -> (watch::Receiver<u64>, bool) {
-    let alive = rx.changed().await.is_ok();
-    (rx, alive)
 }
 
 pub(super) fn event_text<T: serde::Serialize>(kind: &str, data: &T) -> String {
