@@ -6,7 +6,7 @@ mod common;
 
 use common::TestServer;
 use loadtest::client::Sources;
-use loadtest::scenarios::{Setup, commands, fanout, hold, users};
+use loadtest::scenarios::{Setup, commands, fanout, hold, tcp_floor, users};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -80,4 +80,21 @@ async fn the_load_generator_logs_in_holds_fans_out_and_verifies_commands() {
     assert_eq!(c.unverifiable_users, 0, "{c}");
 
     let _ = std::fs::remove_file(&tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_floor_scenario_delivers_every_message() {
+    loadtest::raise_nofile_limit();
+    let r = tcp_floor::run(tcp_floor::Opts {
+        sockets: 100,
+        updates: 3,
+        senders: 2,
+        sources: Sources { from: 2, count: 2 },
+        in_process: true,
+    })
+    .await
+    .expect("tcp-floor runs");
+    println!("{r}");
+    assert_eq!(r.delay.count(), 300, "every socket got every message: {r}");
+    assert_eq!(r.send_all.count(), 3, "{r}");
 }

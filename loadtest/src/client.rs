@@ -381,6 +381,15 @@ impl Connector {
     }
 }
 
+/// A plain TCP connection to `127.0.0.1:port` from `src` (no WebSocket).
+pub async fn connect_tcp(src: Option<Ipv4Addr>, port: u16) -> std::io::Result<TcpStream> {
+    let stream = tcp_socket(src)?
+        .connect(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+        .await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// A TCP socket bound to `src` (port chosen at connect time, thanks to
 /// `IP_BIND_ADDRESS_NO_PORT`, so one address serves every destination).
 fn tcp_socket(src: Option<Ipv4Addr>) -> std::io::Result<TcpSocket> {

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use loadtest::client::{Sources, rss_kb};
 use loadtest::link::{self, Control, Driver, Link, REPORT_PREFIX};
-use loadtest::scenarios::{Setup, commands, db_baseline, fanout, hold, storm, users};
+use loadtest::scenarios::{Setup, commands, db_baseline, fanout, hold, storm, tcp_floor, users};
 use loadtest::shard::{self, Pending};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -39,6 +39,8 @@ enum Cmd {
     Storm(StormArgs),
     /// The database's own throughput for the draw's transaction shape.
     DbBaseline(DbArgs),
+    /// The kernel's own fan-out floor: one message to N plain TCP sockets.
+    TcpFloor(FloorArgs),
     /// Run a scenario in P processes and merge their reports.
     Shard(ShardArgs),
 }
@@ -239,6 +241,28 @@ struct DbArgs {
 }
 
 #[derive(Args, Clone)]
+struct FloorArgs {
+    /// N: sockets (held by this process; the sender is a child process).
+    #[arg(long, default_value_t = 18000)]
+    sockets: usize,
+    /// How many messages to every socket, one after another.
+    #[arg(long, default_value_t = 20)]
+    updates: usize,
+    /// Writing threads in the sender (the server has one per core).
+    #[arg(long, default_value_t = 2)]
+    senders: usize,
+    #[arg(long, default_value_t = 2)]
+    src_from: u8,
+    #[arg(long, default_value_t = 4)]
+    src_count: u8,
+    /// Be the sending child (started by the parent).
+    #[arg(long, hide = true)]
+    sender: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
 struct ShardArgs {
     /// P: child processes.
     #[arg(long)]
@@ -321,6 +345,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 connections: a.connections,
                 duration: a.duration,
                 keep: a.keep,
+            })
+            .await?;
+            emit(&r, a.json, false)?;
+        }
+        Cmd::TcpFloor(a) => {
+            if a.sender {
+                tokio::task::spawn_blocking(move || tcp_floor::sender(a.sockets, a.senders))
+                    .await??;
+                return Ok(0);
+            }
+            let r = tcp_floor::run(tcp_floor::Opts {
+                sockets: a.sockets,
+                updates: a.updates,
+                senders: a.senders,
+                sources: Sources {
+                    from: a.src_from,
+                    count: a.src_count,
+                },
+                in_process: false,
             })
             .await?;
             emit(&r, a.json, false)?;
@@ -617,9 +660,9 @@ async fn run_shard(a: ShardArgs) -> anyhow::Result<i32> {
             let parts: Vec<storm::Report> = reports(pending).await?;
             emit(&storm::Report::merge(parts), a.json, false)?;
         }
-        Cmd::Users(_) | Cmd::DbBaseline(_) | Cmd::Shard(_) => {
+        Cmd::Users(_) | Cmd::DbBaseline(_) | Cmd::TcpFloor(_) | Cmd::Shard(_) => {
             bail!(
-                "shard runs hold, fanout, commands or storm; users and db-baseline need no sharding"
+                "shard runs hold, fanout, commands or storm; users, db-baseline and tcp-floor need no sharding"
             )
         }
     }

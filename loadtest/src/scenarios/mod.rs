@@ -8,6 +8,7 @@ pub mod db_baseline;
 pub mod fanout;
 pub mod hold;
 pub mod storm;
+pub mod tcp_floor;
 pub mod users;
 
 use crate::client::{Api, Connector, Sources, Target};
