@@ -510,7 +510,7 @@ async fn socket(
         )
         .await
     };
-    let (mut ws, welcome) = match first {
+    let (ws, welcome) = match first {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             run.connect_error = Some(e.kind);
@@ -529,34 +529,40 @@ async fn socket(
         last: welcome.last_seq,
     };
 
-    // Up: until we drop it, the server closes it, or the run ends.
-    loop {
-        let p = *phase.borrow_and_update();
-        if p == Phase::Stop {
-            return run;
-        }
-        if p == Phase::Drop && ctx.mode == Mode::Drop {
-            drop(ws);
-            run.disconnect = Some("dropped".into());
-            break;
-        }
-        tokio::select! {
-            changed = phase.changed() => {
-                if changed.is_err() {
-                    return run;
-                }
+    // Up: until we drop it, the server closes it, or the run ends. The
+    // socket is owned by this block, so a socket the server closed is
+    // released before reconnecting (18,000 dead sockets held during the
+    // reconnect would exhaust the open-files limit).
+    {
+        let mut ws = ws;
+        loop {
+            let p = *phase.borrow_and_update();
+            if p == Phase::Stop {
+                return run;
             }
-            m = recv(&mut ws) => match m {
-                Incoming::Frame(f) => {
-                    seqs.check(&f, &mut run, false);
+            if p == Phase::Drop && ctx.mode == Mode::Drop {
+                drop(ws);
+                run.disconnect = Some("dropped".into());
+                break;
+            }
+            tokio::select! {
+                changed = phase.changed() => {
+                    if changed.is_err() {
+                        return run;
+                    }
                 }
-                Incoming::Closed(code) => {
-                    run.disconnect = Some(close_kind(code));
-                    break;
-                }
-                Incoming::Failed(kind) => {
-                    run.disconnect = Some(kind);
-                    break;
+                m = recv(&mut ws) => match m {
+                    Incoming::Frame(f) => {
+                        seqs.check(&f, &mut run, false);
+                    }
+                    Incoming::Closed(code) => {
+                        run.disconnect = Some(close_kind(code));
+                        break;
+                    }
+                    Incoming::Failed(kind) => {
+                        run.disconnect = Some(kind);
+                        break;
+                    }
                 }
             }
         }
