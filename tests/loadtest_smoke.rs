@@ -6,7 +6,7 @@ mod common;
 
 use common::TestServer;
 use loadtest::client::Sources;
-use loadtest::scenarios::{Setup, commands, fanout, hold, tcp_floor, users};
+use loadtest::scenarios::{Setup, commands, db_check, fanout, hold, tcp_floor, users};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -78,6 +78,32 @@ async fn the_load_generator_logs_in_holds_fans_out_and_verifies_commands() {
         "every success has exactly one gap-free points_update: {c}"
     );
     assert_eq!(c.unverifiable_users, 0, "{c}");
+
+    // The runs left the database consistent, and the check would say if not.
+    let url = common::database_url().await;
+    let check = db_check::run(&url).await.expect("db-check runs");
+    println!("{check}");
+    assert!(check.ok && check.users >= 200, "{check}");
+    let (user_id,): (u64,) =
+        sqlx::query_as("SELECT user_id FROM users ORDER BY user_id DESC LIMIT 1")
+            .fetch_one(&server.db)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE users SET total_points = total_points + 1 WHERE user_id = ?")
+        .bind(user_id)
+        .execute(&server.db)
+        .await
+        .unwrap();
+    let broken = db_check::run(&url).await.expect("db-check runs");
+    assert!(
+        !broken.ok && broken.balance_mismatches == 1,
+        "a balance off its ledger is found: {broken}"
+    );
+    sqlx::query("UPDATE users SET total_points = total_points - 1 WHERE user_id = ?")
+        .bind(user_id)
+        .execute(&server.db)
+        .await
+        .unwrap();
 
     let _ = std::fs::remove_file(&tokens);
 }

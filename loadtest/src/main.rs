@@ -5,7 +5,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use loadtest::client::{Sources, rss_kb};
 use loadtest::link::{self, Control, Driver, Link, REPORT_PREFIX};
-use loadtest::scenarios::{Setup, commands, db_baseline, fanout, hold, storm, tcp_floor, users};
+use loadtest::scenarios::{
+    Setup, commands, db_baseline, db_check, fanout, hold, storm, tcp_floor, users,
+};
 use loadtest::shard::{self, Pending};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -39,6 +41,8 @@ enum Cmd {
     Storm(StormArgs),
     /// The database's own throughput for the draw's transaction shape.
     DbBaseline(DbArgs),
+    /// Read-only: balances = ledgers, seqs gap-free, stock never negative.
+    DbCheck(DbCheckArgs),
     /// The kernel's own fan-out floor: one message to N plain TCP sockets.
     TcpFloor(FloorArgs),
     /// Run a scenario in P processes and merge their reports.
@@ -241,6 +245,15 @@ struct DbArgs {
 }
 
 #[derive(Args, Clone)]
+struct DbCheckArgs {
+    /// mysql://user@127.0.0.1:3307/db (loopback only).
+    #[arg(long)]
+    database_url: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
 struct FloorArgs {
     /// N: sockets (held by this process; the sender is a child process).
     #[arg(long, default_value_t = 18000)]
@@ -348,6 +361,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             })
             .await?;
             emit(&r, a.json, false)?;
+        }
+        Cmd::DbCheck(a) => {
+            let r = db_check::run(&a.database_url).await?;
+            emit(&r, a.json, false)?;
+            if !r.ok {
+                return Ok(1);
+            }
         }
         Cmd::TcpFloor(a) => {
             if a.sender {
@@ -660,9 +680,9 @@ async fn run_shard(a: ShardArgs) -> anyhow::Result<i32> {
             let parts: Vec<storm::Report> = reports(pending).await?;
             emit(&storm::Report::merge(parts), a.json, false)?;
         }
-        Cmd::Users(_) | Cmd::DbBaseline(_) | Cmd::TcpFloor(_) | Cmd::Shard(_) => {
+        Cmd::Users(_) | Cmd::DbBaseline(_) | Cmd::DbCheck(_) | Cmd::TcpFloor(_) | Cmd::Shard(_) => {
             bail!(
-                "shard runs hold, fanout, commands or storm; users, db-baseline and tcp-floor need no sharding"
+                "shard runs hold, fanout, commands or storm; users, db-baseline, db-check and tcp-floor need no sharding"
             )
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod commands;
 pub mod db_baseline;
+pub mod db_check;
 pub mod fanout;
 pub mod hold;
 pub mod storm;
