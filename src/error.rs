@@ -138,9 +138,26 @@ impl IntoResponse for Error {
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = json!({ "code": code.code(), "msg": self.msg(), "data": self.data() });
         let mut res = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after(code) {
+            res.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(secs),
+            );
+        }
         res.extensions_mut()
             .insert(ErrorCause(self.to_string().into()));
         res
+    }
+}
+
+/// `Retry-After` (seconds) for refusals that pass by themselves: a busy
+/// database, a full server, a rate limit. Clients add their own jitter.
+fn retry_after(code: ErrorCode) -> Option<&'static str> {
+    match code {
+        ErrorCode::ServiceUnavailable | ErrorCode::TooManyConnections | ErrorCode::RateLimited => {
+            Some("1")
+        }
+        _ => None,
     }
 }
 

@@ -28,6 +28,16 @@ async fn refused_upgrade(
     path_and_query: &str,
     bearer: Option<&str>,
 ) -> (u16, Value) {
+    let (status, body, _) = refused_upgrade_with_headers(server, path_and_query, bearer).await;
+    (status, body)
+}
+
+/// Like `refused_upgrade`, with the refusal's headers.
+async fn refused_upgrade_with_headers(
+    server: &TestServer,
+    path_and_query: &str,
+    bearer: Option<&str>,
+) -> (u16, Value, axum::http::HeaderMap) {
     let mut request = format!("ws://{}{}", server.addr, path_and_query)
         .into_client_request()
         .unwrap();
@@ -44,7 +54,7 @@ async fn refused_upgrade(
                 .as_deref()
                 .map(|b| serde_json::from_slice(b).expect("the refusal body is JSON"))
                 .unwrap_or(Value::Null);
-            (status, body)
+            (status, body, response.headers().clone())
         }
         Err(other) => panic!("expected an HTTP refusal, got {other:?}"),
         Ok(_) => panic!("the upgrade was accepted"),
@@ -252,6 +262,29 @@ async fn a_socket_without_a_token_is_refused_with_401_and_code_4001() {
     assert_eq!(body["code"], 4001, "{body}");
     assert!(body["msg"].is_string(), "the REST envelope: {body}");
     assert!(body["data"].is_null(), "the REST envelope: {body}");
+}
+
+#[tokio::test]
+async fn a_socket_past_the_connection_cap_is_refused_with_503_2009_and_retry_after() {
+    let server = TestServer::start_with(|c| c.ws_max_connections = 2).await;
+    let (a, b, c) = (
+        server.login_new().await,
+        server.login_new().await,
+        server.login_new().await,
+    );
+    let _first = server.connect(&a).await;
+    let _second = server.connect(&b).await;
+    let (status, body, headers) =
+        refused_upgrade_with_headers(&server, &format!("/ws?token={}", c.access_token), None).await;
+    assert_eq!((status, body["code"].as_i64()), (503, Some(2009)), "{body}");
+    assert_eq!(
+        headers.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1"),
+        "a full server says when to retry"
+    );
+    drop(_first);
+    wait_for_health_connections(&server, 1).await;
+    let _third = server.connect(&c).await;
 }
 
 #[tokio::test]
