@@ -15,6 +15,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -378,6 +379,90 @@ impl Connector {
             )),
             Incoming::Failed(kind) => Err(ConnectError::new(kind, "before welcome")),
         }
+    }
+}
+
+/// A socket upgraded by hand, for readers that parse frames themselves
+/// (`fanout`): the stream, and the bytes that arrived after the `101`
+/// response (the start of the frame stream, `welcome` first).
+pub struct RawWs {
+    pub stream: TcpStream,
+    pub pending: Vec<u8>,
+}
+
+impl Connector {
+    /// TCP connect and upgrade on `/ws?token=…`, within [`CONNECT_TIMEOUT`],
+    /// without a WebSocket library: the caller reads the frames.
+    pub async fn connect_raw(&self, token: &str) -> Result<RawWs, ConnectError> {
+        match timeout(CONNECT_TIMEOUT, self.connect_raw_inner(token)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::new("timeout", "connect and upgrade")),
+        }
+    }
+
+    async fn connect_raw_inner(&self, token: &str) -> Result<RawWs, ConnectError> {
+        let socket = tcp_socket(self.source()).map_err(|e| io_failure("bind", e))?;
+        let mut stream = socket
+            .connect(self.target.addr)
+            .await
+            .map_err(|e| io_failure("connect", e))?;
+        let _ = stream.set_nodelay(true);
+        let key = tungstenite::handshake::client::generate_key();
+        let request = format!(
+            "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            self.target.addr
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| io_failure("upgrade", e))?;
+        let mut buf = Vec::with_capacity(512);
+        let head_end = loop {
+            let mut chunk = [0u8; 1024];
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| io_failure("upgrade", e))?;
+            if n == 0 {
+                return Err(ConnectError::new(
+                    "closed_none",
+                    "closed during the upgrade",
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > 16 * 1024 {
+                return Err(ConnectError::new("handshake", "response head too large"));
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        if status != 101 {
+            return Err(ConnectError::new(
+                format!("http_{status}"),
+                "upgrade refused",
+            ));
+        }
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let accepted = head.lines().any(|l| {
+            l.split_once(':').is_some_and(|(k, v)| {
+                k.eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == accept
+            })
+        });
+        if !accepted {
+            return Err(ConnectError::new("handshake", "wrong Sec-WebSocket-Accept"));
+        }
+        Ok(RawWs {
+            stream,
+            pending: buf.split_off(head_end),
+        })
     }
 }
 

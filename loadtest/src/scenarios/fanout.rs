@@ -9,24 +9,22 @@
 //! ([`drive`]: the restocks, run once by whoever owns the link).
 
 use anyhow::Context;
-use futures::StreamExt;
 use protocol::{Product, event};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
-use super::hold::close_kind;
 use super::{Setup, check_socket_budget, users};
-use crate::client::{Api, Connector, Method, parse_time_us, spread, unix_us};
+use crate::client::{Api, Connector, Method, RawWs, parse_time_us, spread, unix_us};
 use crate::link::{self, Control, Driver, Link, Progress};
+use crate::raw::{Event, Reader};
 use crate::stats::{Counts, Hist, add_counts, bump, round3, share, show_counts};
 
 const LINK_WAIT: Duration = Duration::from_secs(3600);
@@ -299,18 +297,6 @@ async fn drive_inner(
     Ok(d)
 }
 
-/// Shared between the listener's sockets.
-#[derive(Default)]
-struct Shared {
-    done: AtomicUsize,
-    connected: AtomicUsize,
-    /// Sockets expected to see each update (set once connecting is over).
-    target: AtomicUsize,
-    /// How many sockets have seen each stock value.
-    seen: Mutex<HashMap<i64, usize>>,
-    wake: Notify,
-}
-
 /// The parts of a server frame the listener measures; every other field
 /// is skipped unparsed.
 #[derive(Deserialize)]
@@ -332,12 +318,6 @@ struct StockData<'a> {
 /// One received `stock_update`: (stock, server timestamp µs, receive µs).
 type Sample = (i64, i64, i64);
 
-enum Outcome {
-    Failed(String),
-    /// Samples, and why the socket ended early (if it did).
-    Listened(Vec<Sample>, Option<String>),
-}
-
 async fn listen(mut opts: Opts) -> anyhow::Result<Report> {
     let n = opts.sockets;
     check_socket_budget(n)?;
@@ -346,47 +326,46 @@ async fn listen(mut opts: Opts) -> anyhow::Result<Report> {
     let deadline = Instant::now() + opts.duration;
     let creds = users::ensure_all(&opts.setup, n as u64, opts.duration).await?;
     let connector = Arc::new(opts.setup.connector()?);
-    let shared = Arc::new(Shared::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<i64>();
     let sem = Arc::new(Semaphore::new(opts.connect_concurrency.max(1)));
     let futs: Vec<_> = creds
         .into_iter()
-        .map(|c| {
-            socket(
-                c.access_token,
-                product,
-                connector.clone(),
-                sem.clone(),
-                shared.clone(),
-                deadline,
-                stop_rx.clone(),
-                seen_tx.clone(),
-            )
-        })
+        .map(|c| connect(c.access_token, connector.clone(), sem.clone(), deadline))
         .collect();
-    drop(seen_tx);
-    let handle = spread(futs, crate::client::driver_tasks(n));
-    while shared.done.load(Ordering::Acquire) < n {
-        tokio::select! {
-            _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+    let mut streams = Vec::with_capacity(n);
+    let mut report = Report {
+        processes: 1,
+        product_id: product,
+        sockets: n,
+        ..Report::default()
+    };
+    for r in spread(futs, crate::client::driver_tasks(n)).await? {
+        match r {
+            Ok(raw) => streams.push((raw.stream.into_std()?, raw.pending)),
+            Err(kind) => bump(&mut report.connect_errors, kind),
         }
     }
-    let connected = shared.connected.load(Ordering::Relaxed);
-    shared.target.store(connected, Ordering::Release);
+    let connected = streams.len();
 
-    // Listen until the driver stops us; pass "everyone saw it" upstream.
+    // Every socket is read by one thread on a bare epoll (see `crate::raw`):
+    // the load generator then takes as little of the shared cores as it can.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<i64>();
+    let reading = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || read_all(streams, product, connected, &stop, &seen_tx))
+    };
+
+    // Listen until the driver stops us; pass "everyone saw it" upstream,
+    // whichever of the two comes first.
     let mut sent: HashMap<i64, i64> = HashMap::new();
+    let mut everyone: HashSet<i64> = HashSet::new();
     link.report(Progress::Ready);
     loop {
         tokio::select! {
             c = link.next(LINK_WAIT) => match c? {
                 Control::Sent { stock, at_us } => {
                     sent.insert(stock, at_us);
-                    // Every socket may have seen it before the driver said so.
-                    let all = shared.seen.lock().map(|m| m.get(&stock).copied().unwrap_or(0)).unwrap_or(0);
-                    if connected > 0 && all >= connected {
+                    if everyone.contains(&stock) {
                         link.report(Progress::Seen { stock });
                     }
                 }
@@ -394,52 +373,42 @@ async fn listen(mut opts: Opts) -> anyhow::Result<Report> {
                 Control::Stop | Control::Drop => break,
             },
             Some(stock) = seen_rx.recv() => {
+                everyone.insert(stock);
                 if sent.contains_key(&stock) {
                     link.report(Progress::Seen { stock });
                 }
             }
         }
     }
-    let _ = stop_tx.send(true);
-    let outcomes = handle.await?;
+    stop.store(true, Ordering::Release);
+    let per_socket = reading.await??;
 
-    let mut report = Report {
-        processes: 1,
-        product_id: product,
-        sockets: n,
-        connected,
-        updates: sent.len(),
-        ..Report::default()
-    };
-    for outcome in outcomes {
-        match outcome {
-            Outcome::Failed(kind) => bump(&mut report.connect_errors, kind),
-            Outcome::Listened(samples, lost) => {
-                if let Some(kind) = lost {
-                    bump(&mut report.lost, kind);
-                }
-                let mut got = HashSet::new();
-                for (stock, ts_us, recv_us) in samples {
-                    let Some(at_us) = sent.get(&stock) else {
-                        continue;
-                    };
-                    if !got.insert(stock) {
-                        continue;
-                    }
-                    let commit = recv_us - ts_us;
-                    if commit < 0 {
-                        report.clock_skew_samples += 1;
-                    }
-                    report.delay_commit.record_us(commit.max(0) as u64);
-                    report
-                        .delay_request
-                        .record_us((recv_us - at_us).max(0) as u64);
-                }
-                report.delivered += got.len() as u64;
-                if !sent.is_empty() && got.len() == sent.len() {
-                    report.sockets_all += 1;
-                }
+    report.connected = connected;
+    report.updates = sent.len();
+    for (samples, lost) in per_socket {
+        if let Some(kind) = lost {
+            bump(&mut report.lost, kind);
+        }
+        let mut got = HashSet::new();
+        for (stock, ts_us, recv_us) in samples {
+            let Some(at_us) = sent.get(&stock) else {
+                continue;
+            };
+            if !got.insert(stock) {
+                continue;
             }
+            let commit = recv_us - ts_us;
+            if commit < 0 {
+                report.clock_skew_samples += 1;
+            }
+            report.delay_commit.record_us(commit.max(0) as u64);
+            report
+                .delay_request
+                .record_us((recv_us - at_us).max(0) as u64);
+        }
+        report.delivered += got.len() as u64;
+        if !sent.is_empty() && got.len() == sent.len() {
+            report.sockets_all += 1;
         }
     }
     report.expected = connected as u64 * sent.len() as u64;
@@ -447,87 +416,70 @@ async fn listen(mut opts: Opts) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn socket(
+/// One socket's upgrade, bounded by the connect phase's deadline.
+async fn connect(
     token: String,
-    product: u64,
     connector: Arc<Connector>,
     sem: Arc<Semaphore>,
-    shared: Arc<Shared>,
     deadline: Instant,
-    mut stop: watch::Receiver<bool>,
-    seen_tx: mpsc::UnboundedSender<i64>,
-) -> Outcome {
+) -> Result<RawWs, String> {
     let permit = tokio::select! {
         p = sem.acquire_owned() => p.ok(),
         _ = tokio::time::sleep_until(deadline) => None,
     };
-    let connected = match permit {
-        Some(_) => tokio::time::timeout_at(deadline, connector.connect(&token, None)).await,
-        None => Ok(Err(crate::client::ConnectError {
-            kind: "deadline".into(),
-            detail: String::new(),
-        })),
-    };
-    drop(permit);
-    let finished = |ok: bool| {
-        if ok {
-            shared.connected.fetch_add(1, Ordering::Relaxed);
-        }
-        shared.done.fetch_add(1, Ordering::Release);
-        shared.wake.notify_one();
-    };
-    let mut ws = match connected {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => {
-            finished(false);
-            return Outcome::Failed(e.kind);
-        }
-        Err(_) => {
-            finished(false);
-            return Outcome::Failed("deadline".into());
-        }
-    };
-    finished(true);
+    if permit.is_none() {
+        return Err("deadline".into());
+    }
+    match tokio::time::timeout_at(deadline, connector.connect_raw(&token)).await {
+        Ok(Ok(raw)) => Ok(raw),
+        Ok(Err(e)) => Err(e.kind),
+        Err(_) => Err("deadline".into()),
+    }
+}
 
-    let mut samples = Vec::new();
-    // The stop wait is made once, not once per frame (18,000 sockets
-    // re-registering on one shared channel per update is measurable).
-    let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return Outcome::Listened(samples, None),
-            m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    let recv_us = unix_us();
-                    // Only the fields measured, borrowed from the frame: the
-                    // generator shares the server's cores, so reading must
-                    // cost as little as it can.
-                    let Ok(f) = serde_json::from_str::<StockFrame>(&t) else { continue };
-                    if f.kind != event::STOCK_UPDATE || f.data.product_id != Some(product) {
-                        continue;
-                    }
-                    let Some(stock) = f.data.stock else { continue };
-                    let ts_us = f.data.timestamp.as_deref().and_then(parse_time_us).unwrap_or(recv_us);
-                    samples.push((stock, ts_us, recv_us));
-                    let target = shared.target.load(Ordering::Acquire);
-                    let count = {
-                        let mut seen = shared.seen.lock().unwrap_or_else(|e| e.into_inner());
-                        let c = seen.entry(stock).or_default();
-                        *c += 1;
-                        *c
-                    };
-                    if target > 0 && count == target {
-                        let _ = seen_tx.send(stock);
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    return Outcome::Listened(samples, Some(close_kind(frame.map(|f| u16::from(f.code)))));
-                }
-                Some(Ok(_)) => {}
-                None => return Outcome::Listened(samples, Some(close_kind(None))),
-                Some(Err(_)) => return Outcome::Listened(samples, Some("read".into())),
+/// The reading thread: samples of every socket, and why it ended early (if
+/// it did). Says on `seen_tx` when all `target` sockets have a stock value.
+fn read_all(
+    streams: Vec<(std::net::TcpStream, Vec<u8>)>,
+    product: u64,
+    target: usize,
+    stop: &AtomicBool,
+    seen_tx: &mpsc::UnboundedSender<i64>,
+) -> anyhow::Result<Vec<(Vec<Sample>, Option<String>)>> {
+    let n = streams.len();
+    let mut reader = Reader::new(streams).context("registering the sockets")?;
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); n];
+    let mut lost: Vec<Option<String>> = vec![None; n];
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    let mut on = |ev: Event| match ev {
+        Event::Text(i, text) => {
+            let recv_us = unix_us();
+            // Only the fields measured, borrowed from the frame.
+            let Ok(f) = serde_json::from_slice::<StockFrame>(text) else {
+                return;
+            };
+            if f.kind != event::STOCK_UPDATE || f.data.product_id != Some(product) {
+                return;
+            }
+            let Some(stock) = f.data.stock else { return };
+            let ts_us = f
+                .data
+                .timestamp
+                .as_deref()
+                .and_then(parse_time_us)
+                .unwrap_or(recv_us);
+            samples[i].push((stock, ts_us, recv_us));
+            let count = seen.entry(stock).or_default();
+            *count += 1;
+            if *count == target {
+                let _ = seen_tx.send(stock);
             }
         }
+        Event::Ended(i, kind) => lost[i] = Some(kind),
+    };
+    reader.drain_pending(&mut on);
+    while !stop.load(Ordering::Acquire) {
+        reader.poll(50, &mut on)?;
     }
+    Ok(samples.into_iter().zip(lost).collect())
 }
