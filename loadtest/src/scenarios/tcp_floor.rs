@@ -9,13 +9,14 @@
 //! (as the server's runtime has one worker per core). The parent holds the
 //! N client sockets (spread over loopback source addresses), reads them
 //! with one thread on a bare `epoll`, and records per socket the time from
-//! `go` to its message.
+//! `go` to its message. The message is a WebSocket text frame and the
+//! reader is `fanout`'s ([`crate::raw`]), so the two figures compare.
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,10 +24,23 @@ use tokio::sync::Semaphore;
 
 use super::check_socket_budget;
 use crate::client::{Sources, connect_tcp};
+use crate::raw::{Event, Reader};
 use crate::stats::Hist;
 
 /// About the size of a `stock_update` frame on the wire.
 pub const MESSAGE_BYTES: usize = 170;
+/// How long one message may take to reach every socket.
+const READ_LIMIT: Duration = Duration::from_secs(60);
+
+/// A WebSocket text frame of [`MESSAGE_BYTES`] on the wire, so the reader
+/// is the one `fanout` uses ([`crate::raw`]).
+fn message() -> Vec<u8> {
+    let payload = MESSAGE_BYTES - 4;
+    let mut m = vec![0x81, 126];
+    m.extend_from_slice(&(payload as u16).to_be_bytes());
+    m.resize(MESSAGE_BYTES, b'x');
+    m
+}
 
 pub struct Opts {
     pub sockets: usize,
@@ -106,14 +120,29 @@ pub async fn run(opts: Opts) -> anyhow::Result<Report> {
             message_bytes: MESSAGE_BYTES,
             ..Report::default()
         };
-        let epoll = Epoll::new(&clients)?;
-        let mut got = vec![0usize; clients.len()];
+        let n = clients.len();
+        let mut reader = Reader::new(clients.into_iter().map(|c| (c, Vec::new())).collect())?;
         for _ in 0..updates {
-            got.iter_mut().for_each(|g| *g = 0);
             let t0 = Instant::now();
             writeln!(to_child, "go")?;
             to_child.flush()?;
-            epoll.read_all(&clients, &mut got, |_| report.delay.record(t0.elapsed()))?;
+            let mut arrived = 0;
+            while arrived < n {
+                if t0.elapsed() > READ_LIMIT {
+                    bail!("{} sockets got nothing within {READ_LIMIT:?}", n - arrived);
+                }
+                let mut ended = None;
+                reader.poll(1000, &mut |ev: Event| match ev {
+                    Event::Text(..) => {
+                        report.delay.record(t0.elapsed());
+                        arrived += 1;
+                    }
+                    Event::Ended(_, kind) => ended = Some(kind),
+                })?;
+                if let Some(kind) = ended {
+                    bail!("a socket ended: {kind}");
+                }
+            }
             let sent_us: u64 = line(&mut from_child)?
                 .strip_prefix("@sent ")
                 .and_then(|v| v.trim().parse().ok())
@@ -198,7 +227,7 @@ fn sender_loop(
     }
     writeln!(out, "@ready")?;
     out.flush()?;
-    let msg = vec![b'x'; MESSAGE_BYTES];
+    let msg = message();
     let chunk = conns.len().div_ceil(senders.max(1));
     for cmd in commands.lines() {
         match cmd?.trim() {
@@ -229,84 +258,4 @@ fn line(r: &mut impl BufRead) -> anyhow::Result<String> {
         bail!("the sender process ended early");
     }
     Ok(s)
-}
-
-/// A bare epoll over the client sockets (level-triggered, one reader).
-struct Epoll(libc::c_int);
-
-impl Epoll {
-    fn new(clients: &[TcpStream]) -> anyhow::Result<Epoll> {
-        // SAFETY: plain syscalls on fds this process owns; `ev` lives for
-        // the call.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let epoll = Epoll(fd);
-        for (i, c) in clients.iter().enumerate() {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: i as u64,
-            };
-            // SAFETY: as above.
-            if unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, c.as_raw_fd(), &mut ev) } != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-        }
-        Ok(epoll)
-    }
-
-    /// Reads until every socket got one whole message, calling `arrived`
-    /// with each socket's index as its message completes.
-    fn read_all(
-        &self,
-        clients: &[TcpStream],
-        got: &mut [usize],
-        mut arrived: impl FnMut(usize),
-    ) -> anyhow::Result<()> {
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 512];
-        let mut buf = [0u8; 4096];
-        let mut left = clients.len();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while left > 0 {
-            if Instant::now() > deadline {
-                bail!("{left} sockets got nothing within 60 s");
-            }
-            // SAFETY: `events` has room for its length.
-            let n =
-                unsafe { libc::epoll_wait(self.0, events.as_mut_ptr(), events.len() as i32, 1000) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e.into());
-            }
-            for ev in &events[..n as usize] {
-                let i = ev.u64 as usize;
-                let mut s = &clients[i];
-                match s.read(&mut buf) {
-                    Ok(0) => bail!("the sender closed a socket"),
-                    Ok(k) => {
-                        let before = got[i];
-                        got[i] += k;
-                        if before < MESSAGE_BYTES && got[i] >= MESSAGE_BYTES {
-                            arrived(i);
-                            left -= 1;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Epoll {
-    fn drop(&mut self) {
-        // SAFETY: our own fd, closed once.
-        unsafe { libc::close(self.0) };
-    }
 }
