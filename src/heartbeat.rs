@@ -6,7 +6,6 @@
 //! per-socket memory budget, see BENCHMARKS.md); one shared tick costs
 //! nothing per socket. Pings therefore go out together once per interval,
 //! a burst of small writes that the server absorbs easily.
-
 //!
 //! The same clock says when the server is stopping (the value [`STOPPING`]),
 //! so a socket waits on one shared signal, not two.
@@ -22,11 +21,6 @@ pub fn stopping(rx: &watch::Receiver<u64>) -> bool {
     *rx.borrow() == STOPPING
 }
 
-/// Tells every socket the server is stopping.
-pub fn stop(state: &AppState) {
-    state.heartbeat.send_replace(STOPPING);
-}
-
 pub async fn run(state: AppState) {
     let mut tick = tokio::time::interval(state.config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -35,7 +29,7 @@ pub async fn run(state: AppState) {
     tick.tick().await;
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => return stop(&state),
+            _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {
                 state.heartbeat.send_if_modified(|n| {
                     if *n == STOPPING {

@@ -67,13 +67,11 @@ pub async fn serve(
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: closing sockets with 1001");
-            stopping.shutdown.cancel();
-            heartbeat::stop(&stopping);
+            stopping.stop();
         })
         .await;
     // axum does not track upgraded sockets: they are ours to drain.
-    state.shutdown.cancel();
-    heartbeat::stop(&state);
+    state.stop();
     state.sockets.close();
     if tokio::time::timeout(state.config.shutdown_grace, state.sockets.wait())
         .await

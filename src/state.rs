@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::domain::tokens::TokenKeys;
 use crate::domain::wheel::WheelConfig;
+use crate::heartbeat;
 use crate::hub::Hub;
 use crate::storage::Storage;
 use sqlx::MySqlPool;
@@ -27,12 +28,14 @@ pub struct Inner {
     pub wheel: RwLock<Arc<Result<WheelConfig, String>>>,
     pub metrics: Metrics,
     pub started: Instant,
-    /// Cancelled when the server starts shutting down; sockets close with 1001.
+    /// Cancelled when the server starts shutting down (see [`AppState::stop`]);
+    /// background tasks end on it.
     pub shutdown: CancellationToken,
     /// Tracks socket tasks, which axum's graceful shutdown does not wait for.
     pub sockets: TaskTracker,
     /// Ticks once per heartbeat interval; every socket pings and checks its
-    /// liveness on each tick.
+    /// liveness on each tick. Set to [`heartbeat::STOPPING`] at shutdown:
+    /// sockets then finish their client's commands and close with 1001.
     pub heartbeat: tokio::sync::watch::Sender<u64>,
 }
 
@@ -68,6 +71,13 @@ impl AppState {
             sockets: TaskTracker::new(),
             heartbeat: tokio::sync::watch::Sender::new(0),
         }))
+    }
+
+    /// Starts the shutdown: background tasks end, and every socket finishes
+    /// what its client already sent and closes with 1001.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+        self.heartbeat.send_replace(heartbeat::STOPPING);
     }
 
     pub fn wheel(&self) -> Arc<Result<WheelConfig, String>> {
