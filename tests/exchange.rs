@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Answer, TestServer, User, WsClient, answer, count};
+use common::{Answer, TestServer, User, WsClient, answer, count, post_json};
 use futures::future::join_all;
 use protocol::ServerFrame;
 use rand::Rng;
@@ -99,23 +99,8 @@ async fn put(server: &TestServer, path: &str, user: &User, body: Value) -> Answe
     .await
 }
 
-/// `POST /api/exchange/submit` from a plain client (usable in spawned tasks).
-async fn post_submit(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    body: Value,
-    key: Option<&str>,
-) -> Answer {
-    let mut req = http.post(url).bearer_auth(token).json(&body);
-    if let Some(k) = key {
-        req = req.header("Idempotency-Key", k);
-    }
-    answer(req).await
-}
-
 async fn submit_rest(server: &TestServer, user: &User, body: Value, key: Option<&str>) -> Answer {
-    post_submit(
+    post_json(
         &server.http,
         &server.url("/api/exchange/submit"),
         &user.access_token,
@@ -569,7 +554,7 @@ async fn a_hundred_guests_racing_for_ten_items_over_both_doors_buy_exactly_ten()
             let key = format!("race-{i}");
             barrier.wait().await;
             let outcome = if i % 2 == 0 {
-                let a = post_submit(&http, &url, &guest.user.access_token, body, Some(&key)).await;
+                let a = post_json(&http, &url, &guest.user.access_token, body, Some(&key)).await;
                 Outcome {
                     status: Some(a.status),
                     code: a.code(),
@@ -726,7 +711,7 @@ async fn a_guest_racing_ten_purchases_they_can_afford_three_of_buys_exactly_thre
         );
         rest_tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            let a = post_submit(&http, &url, &token, body, Some(&format!("afford-rest-{i}"))).await;
+            let a = post_json(&http, &url, &token, body, Some(&format!("afford-rest-{i}"))).await;
             Outcome {
                 status: Some(a.status),
                 code: a.code(),
@@ -903,7 +888,7 @@ async fn ten_submits_racing_with_one_key_over_both_doors_buy_once_and_all_see_th
         );
         rest_tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            post_submit(&http, &url, &token, body, Some(key)).await
+            post_json(&http, &url, &token, body, Some(key)).await
         }));
     }
     let mut ws_tasks = Vec::new();

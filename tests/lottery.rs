@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Answer, TestServer, User, WsClient, answer, count};
+use common::{Answer, TestServer, User, WsClient, count, post_json, raw_values};
 use protocol::ServerFrame;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -28,24 +28,8 @@ const SEEDED_STOCK: [(&str, i64); 3] = [("8折优惠券", 500), ("招牌甜品",
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// `POST /api/lottery/draw` with any body, from a plain client (usable in
-/// spawned tasks).
-async fn post_draw(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    body: Value,
-    key: Option<&str>,
-) -> Answer {
-    let mut req = http.post(url).bearer_auth(token).json(&body);
-    if let Some(k) = key {
-        req = req.header("Idempotency-Key", k);
-    }
-    answer(req).await
-}
-
 async fn draw_rest(server: &TestServer, user: &User, body: Value, key: Option<&str>) -> Answer {
-    post_draw(
+    post_json(
         &server.http,
         &server.url("/api/lottery/draw"),
         &user.access_token,
@@ -83,18 +67,6 @@ async fn lottery_config(server: &TestServer, user: &User) -> Value {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["code"], 0, "{body}");
     body["data"].clone()
-}
-
-/// The raw JSON text of every value of `"field":` in `text`.
-fn raw_values<'a>(text: &'a str, field: &str) -> Vec<&'a str> {
-    let needle = format!("\"{field}\":");
-    text.match_indices(&needle)
-        .map(|(at, _)| {
-            let rest = &text[at + needle.len()..];
-            let end = rest.find([',', '}', ']']).unwrap_or(rest.len());
-            rest[..end].trim()
-        })
-        .collect()
 }
 
 /// `0.3000`-style: digits, a point, exactly `places` digits.
@@ -618,7 +590,7 @@ async fn ten_concurrent_requests_with_one_key_charge_once_and_all_see_the_same_r
         );
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            post_draw(
+            post_json(
                 &http,
                 &url,
                 &token,
@@ -1023,7 +995,7 @@ async fn fifty_draws_raced_over_rest_and_three_sockets_spend_exactly_what_the_le
         let key = (i % 2 == 0).then(|| format!("rest-racer-{i}"));
         rest_tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            post_draw(
+            post_json(
                 &http,
                 &url,
                 &token,
@@ -1165,7 +1137,7 @@ async fn ten_draws_by_many_users_at_once_all_succeed() {
         );
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            post_draw(&http, &url, &token, json!({ "draw_count": 10 }), None).await
+            post_json(&http, &url, &token, json!({ "draw_count": 10 }), None).await
         }));
     }
     for t in tasks {

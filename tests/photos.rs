@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Answer, TestServer, User, WAIT, WsClient, answer};
+use common::{Answer, TestServer, User, WAIT, WsClient, answer, raw_values};
 use protocol::ServerFrame;
 use restaurant_points::Config;
 use restaurant_points::config::{Secret, StorageBackend};
@@ -432,18 +432,6 @@ async fn next_user_event(ws: &mut WsClient) -> ServerFrame {
             return f;
         }
     }
-}
-
-/// The JSON text of every value of `"field":` in `text`.
-fn raw_values<'a>(text: &'a str, field: &str) -> Vec<&'a str> {
-    let needle = format!("\"{field}\":");
-    text.match_indices(&needle)
-        .map(|(at, _)| {
-            let rest = &text[at + needle.len()..];
-            let end = rest.find([',', '}', ']']).unwrap_or(rest.len());
-            rest[..end].trim()
-        })
-        .collect()
 }
 
 fn masked(phone: &str) -> String {

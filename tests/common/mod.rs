@@ -465,6 +465,35 @@ pub async fn answer(req: reqwest::RequestBuilder) -> Answer {
     Answer::read(req.send().await.expect("the request is answered")).await
 }
 
+/// `POST` a JSON body as `token`, with an optional `Idempotency-Key`, from
+/// a plain client (usable in spawned tasks that race each other).
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: Value,
+    key: Option<&str>,
+) -> Answer {
+    let mut req = http.post(url).bearer_auth(token).json(&body);
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    answer(req).await
+}
+
+/// The raw JSON text of every value of `"field":` in `text` (to see how a
+/// number was written, which parsing would hide).
+pub fn raw_values<'a>(text: &'a str, field: &str) -> Vec<&'a str> {
+    let needle = format!("\"{field}\":");
+    text.match_indices(&needle)
+        .map(|(at, _)| {
+            let rest = &text[at + needle.len()..];
+            let end = rest.find([',', '}', ']']).unwrap_or(rest.len());
+            rest[..end].trim()
+        })
+        .collect()
+}
+
 /// `SELECT COUNT(*) … WHERE … = ?` on the assertion pool.
 pub async fn count(server: &TestServer, sql: &'static str, id: u64) -> i64 {
     let (n,): (i64,) = sqlx::query_as(sql)
