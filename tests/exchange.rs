@@ -313,17 +313,6 @@ async fn orders_of(server: &TestServer, user: &User) -> Value {
         .clone()
 }
 
-/// A fresh user made a merchant (test setup straight in the database).
-async fn second_merchant(server: &TestServer) -> User {
-    let user = server.login_new().await;
-    sqlx::query("UPDATE users SET is_merchant = 1 WHERE user_id = ?")
-        .bind(user.user_id)
-        .execute(&server.db)
-        .await
-        .unwrap();
-    user
-}
-
 async fn stock_changes(server: &TestServer, merchant: &User, product_id: u64) -> Value {
     get(
         server,
@@ -1264,7 +1253,7 @@ async fn a_code_typed_in_lower_case_is_redeemed() {
 async fn two_merchants_redeeming_one_code_at_once_redeem_it_exactly_once() {
     let server = TestServer::start().await;
     let demo = merchant(&server).await;
-    let other = second_merchant(&server).await;
+    let other = server.new_merchant().await;
     let product_id = new_product(&server, &demo, &fresh_category("redeemrace"), 100, 10).await;
     let guest = server.login_new().await;
     let code = buy(&server, &guest, product_id, 1).await["exchange_code"]

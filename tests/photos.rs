@@ -344,17 +344,6 @@ async fn merchant(server: &TestServer) -> User {
     server.login(MERCHANT_PHONE).await
 }
 
-/// A new user made a merchant the way an operator would, in the database.
-async fn second_merchant(server: &TestServer) -> User {
-    let user = server.login_new().await;
-    sqlx::query("UPDATE users SET is_merchant = 1 WHERE user_id = ?")
-        .bind(user.user_id)
-        .execute(&server.db)
-        .await
-        .unwrap();
-    user
-}
-
 async fn post_review(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Answer {
     answer(http.post(url).bearer_auth(token).json(&body)).await
 }
@@ -1044,7 +1033,7 @@ async fn two_merchants_racing_on_one_upload_review_it_once() {
     let (server, _dir) = start_local().await;
     let guest = server.login_new().await;
     let first = merchant(&server).await;
-    let second = second_merchant(&server).await;
+    let second = server.new_merchant().await;
     let mut ws = server.connect(&guest).await;
     let start_seq = welcome_seq(&ws);
     let url = server.url("/api/merchant/review");

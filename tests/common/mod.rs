@@ -191,6 +191,18 @@ impl TestServer {
         self.login(&unique_phone()).await
     }
 
+    /// A new user made a merchant the way an operator would, in the
+    /// database (the `make-merchant` subcommand does the same).
+    pub async fn new_merchant(&self) -> User {
+        let user = self.login_new().await;
+        sqlx::query("UPDATE users SET is_merchant = 1 WHERE user_id = ?")
+            .bind(user.user_id)
+            .execute(&self.db)
+            .await
+            .unwrap();
+        user
+    }
+
     pub async fn login(&self, phone: &str) -> User {
         let (status, body) = self
             .post(
