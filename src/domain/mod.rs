@@ -1,7 +1,12 @@
-//! The business: what a command means and which rows it changes. Each
-//! command is one function that both doors (REST and the socket) call, so
-//! a guest gets the same `code`/`msg`/`data` whichever door they use.
+//! The business as commands. A command is a value (its input and the
+//! rules it needs) that runs inside a transaction it is handed: it locks,
+//! checks, writes, and returns its reply with what it changed for others
+//! (`Effects`). It never begins, commits or delivers: the runner
+//! (`app::runner`) does that, the same way for every command and both
+//! doors. Reads that change nothing take the pool.
 
+pub mod account;
+pub mod audit;
 pub mod auth;
 pub mod events;
 pub mod exchange;
@@ -9,136 +14,159 @@ pub mod lottery;
 pub mod photos;
 pub mod points;
 pub mod tokens;
-pub mod wheel;
 
-use chrono::{SecondsFormat, Utc};
-use protocol::{Pagination, frames::is_valid_id};
-use serde::Deserialize;
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use protocol::{ErrorCode, ProductId, SessionId, UserId};
+use rand::rngs::StdRng;
+use serde::Serialize;
+use std::future::Future;
 
-use crate::error::{Error, Result};
-use crate::store::{self, Tx};
-use protocol::ErrorCode;
+use crate::error::Result;
+use crate::store::Tx;
 
 /// RFC 3339, UTC, milliseconds: `2026-11-21T13:51:00.123Z`.
-pub fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-pub fn to_rfc3339(t: chrono::NaiveDateTime) -> String {
-    t.and_utc().to_rfc3339_opts(SecondsFormat::Millis, true)
+/// A stored UTC time, as the wire writes times.
+pub fn stored_rfc3339(t: NaiveDateTime) -> String {
+    rfc3339(t.and_utc())
 }
 
-pub const MAX_PAGE_SIZE: u32 = 100;
-pub const DEFAULT_PAGE_SIZE: u32 = 20;
-
-/// `page` and `page_size` of every list endpoint. A page size above the cap
-/// is clamped (the response's `limit` shows the value used).
-#[derive(Debug, Default, Deserialize)]
-pub struct PageQuery {
-    pub page: Option<u32>,
-    pub page_size: Option<u32>,
-    /// The seed's clients also send `limit`.
-    pub limit: Option<u32>,
+/// The clock and randomness a command may use: one reading of the clock
+/// per attempt, and a CSPRNG seeded from the OS (tests pass seeded ones).
+pub struct Ctx {
+    pub now: DateTime<Utc>,
+    pub rng: StdRng,
 }
 
+impl Ctx {
+    pub fn new() -> Ctx {
+        use rand::SeedableRng;
+        Ctx {
+            now: Utc::now(),
+            rng: StdRng::from_os_rng(),
+        }
+    }
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Ctx::new()
+    }
+}
+
+/// One command: its input and rules as a value, run in a transaction.
+pub trait Command: Send + Sync {
+    type Reply: Serialize + Send + Sync;
+    /// Its name in metrics and logs.
+    const NAME: &'static str;
+    /// The contract's code when it fails inside (1000, 3000, 4000, …).
+    const FAILED: ErrorCode = ErrorCode::Internal;
+
+    /// For a keyed command: what a stored result must match for a retried
+    /// key to replay it (the command and its body).
+    fn fingerprint(&self) -> String {
+        Self::NAME.to_string()
+    }
+
+    /// Runs once. `Err` rolls everything back; `Ok` commits, even when the
+    /// reply itself is a refusal (a wrong code counts its attempt).
+    fn run(&self, tx: &mut Tx, ctx: &mut Ctx) -> impl Future<Output = Result<Done<Self::Reply>>> + Send;
+}
+
+/// What a committed command answers and what it changed for others.
+#[derive(Debug)]
+pub struct Done<R> {
+    pub reply: Result<R>,
+    pub effects: Effects,
+}
+
+impl<R> Done<R> {
+    pub fn new(reply: R) -> Done<R> {
+        Done {
+            reply: Ok(reply),
+            effects: Effects::default(),
+        }
+    }
+
+    pub fn with(mut self, f: impl FnOnce(&mut Effects)) -> Done<R> {
+        f(&mut self.effects);
+        self
+    }
+}
+
+/// Everything a command hands over besides its reply. The runner writes
+/// `audit` inside the transaction and hands the rest to delivery after
+/// commit, and only then: an event never leaves for a change that rolled
+/// back.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub events: Vec<UserEvent>,
+    pub broadcasts: Vec<Broadcast>,
+    pub audit: Vec<AuditEntry>,
+    pub closes: Vec<CloseSockets>,
+}
+
+/// A user event written in this transaction, to push once it commits.
+#[derive(Debug, Clone)]
+pub struct UserEvent {
+    pub user_id: UserId,
+    pub seq: u64,
+    pub kind: &'static str,
+    /// The exact text frame, as stored in `user_events`.
+    pub frame: String,
+}
+
+/// Who a broadcast is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    Everyone,
+    Merchants,
+}
+
+/// A latest-value event for many sockets, serialized once.
+#[derive(Debug, Clone)]
+pub struct Broadcast {
+    pub audience: Audience,
+    /// For per-product values: a broadcast older than one already sent for
+    /// the same product is dropped (stock never goes back).
+    pub version: Option<(ProductId, u64)>,
+    pub frame: String,
+}
+
+impl Broadcast {
+    pub fn new<T: Serialize>(audience: Audience, kind: &str, data: &T) -> Broadcast {
+        Broadcast {
+            audience,
+            version: None,
+            frame: event_frame(kind, None, data),
+        }
+    }
+}
+
+/// Sockets to close after commit: one session's, or all of a user's.
 #[derive(Debug, Clone, Copy)]
-pub struct Page {
-    pub page: u32,
-    pub size: u32,
+pub struct CloseSockets {
+    pub user_id: UserId,
+    pub session: Option<SessionId>,
+    pub code: u16,
 }
 
-impl PageQuery {
-    pub fn resolve(&self) -> Result<Page> {
-        let page = self.page.unwrap_or(1);
-        if page == 0 {
-            return Err(Error::Invalid("page starts at 1".into()));
-        }
-        let size = self.page_size.or(self.limit).unwrap_or(DEFAULT_PAGE_SIZE);
-        if size == 0 {
-            return Err(Error::Invalid("page_size must be at least 1".into()));
-        }
-        Ok(Page {
-            page,
-            size: size.min(MAX_PAGE_SIZE),
-        })
-    }
-}
-
-impl Page {
-    pub fn offset(&self) -> u64 {
-        crate::store::offset(self.page, self.size)
-    }
-
-    pub fn pagination(&self, total: u64) -> Pagination {
-        Pagination {
-            total,
-            page: self.page,
-            limit: self.size,
-            total_pages: total.div_ceil(self.size as u64),
-        }
-    }
-}
-
-/// A client-chosen key that makes a command safe to retry: the REST
-/// `Idempotency-Key` header or the socket command's `id`.
+/// A merchant action, written in the action's own transaction.
 #[derive(Debug, Clone)]
-pub struct IdemKey(String);
-
-impl IdemKey {
-    pub fn parse(s: &str) -> Result<IdemKey> {
-        if is_valid_id(s) {
-            Ok(IdemKey(s.to_string()))
-        } else {
-            Err(Error::Invalid(
-                "Idempotency-Key must be 1-64 characters of A-Za-z0-9_-:.".into(),
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+pub struct AuditEntry {
+    pub actor_id: UserId,
+    pub action: &'static str,
+    pub target: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub reason: Option<String>,
 }
 
-/// A command's `data` as JSON text: fresh results are serialized once (to
-/// store them for replay) and replays are the stored text.
-#[derive(Debug, Clone)]
-pub struct DataJson(pub String);
-
-/// The stored result of `key`, looked up under the user's row lock (every
-/// key of a user is written under it): the same command replays it, a
-/// different one is a conflict (2005). Every keyed command calls this first
-/// and stores its result with `store::idempotency::insert` before commit.
-pub async fn stored_result(
-    tx: &mut Tx,
-    user_id: u64,
-    key: Option<&IdemKey>,
-    fingerprint: &str,
-) -> Result<Option<DataJson>> {
-    let Some(key) = key else { return Ok(None) };
-    match store::idempotency::find(tx, user_id, key.as_str()).await? {
-        Some((stored, response)) if stored == fingerprint => Ok(Some(DataJson(response))),
-        Some(_) => Err(Error::Refused(ErrorCode::IdempotencyConflict)),
-        None => Ok(None),
-    }
-}
-
-/// Runs a whole transaction again when InnoDB picked it as a deadlock
-/// victim (it was rolled back entirely, so running it again is safe).
-pub async fn with_deadlock_retry<T, F, Fut>(mut run: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    const ATTEMPTS: u32 = 5;
-    let mut attempt = 1;
-    loop {
-        match run().await {
-            Err(Error::Db(e)) if store::is_deadlock(&e) && attempt < ATTEMPTS => {
-                tracing::debug!(attempt, "transaction deadlocked; running it again");
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+/// An event frame's text: `{"type","seq"?,"data"}`.
+pub fn event_frame<T: Serialize>(kind: &str, seq: Option<u64>, data: &T) -> String {
+    serde_json::to_string(&protocol::EventFrame { kind, seq, data })
+        .expect("event payloads are plain data and always serialize")
 }
