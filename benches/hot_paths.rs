@@ -6,8 +6,8 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use protocol::{IncomingFrame, PointsUpdate, StockUpdate};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use restaurant_points::domain::wheel::{Prize, PrizeType, WheelConfig};
-use restaurant_points::hub::Hub;
+use protocol::{ProductId, Source, StockOperation};
+use restaurant_points::bench::{Hub, SessionId, UserId, demo_wheel};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -20,11 +20,11 @@ fn frames(c: &mut Criterion) {
         })
     });
     let update = PointsUpdate {
-        user_id: 123_456,
+        user_id: UserId(123_456),
         total_points: 900,
         change_points: -100,
         reason: "抽奖消耗".into(),
-        source: "lottery".into(),
+        source: Source::Lottery,
         timestamp: "2026-11-21T13:51:00.123Z".into(),
     };
     c.bench_function("encode a points_update event", |b| {
@@ -37,41 +37,6 @@ fn frames(c: &mut Criterion) {
             .unwrap()
         })
     });
-}
-
-fn demo_wheel() -> WheelConfig {
-    let spec = [
-        (PrizeType::Empty, 3000, false, false),
-        (PrizeType::Points, 2500, false, false),
-        (PrizeType::Points, 1500, false, false),
-        (PrizeType::Coupon, 1000, true, false),
-        (PrizeType::Points, 800, true, false),
-        (PrizeType::Coupon, 800, true, true),
-        (PrizeType::Physical, 350, true, true),
-        (PrizeType::Points, 50, true, true),
-    ];
-    WheelConfig {
-        version: 1,
-        cost_points: 100,
-        pity_threshold: 10,
-        daily_limit: 0,
-        prizes: spec
-            .iter()
-            .enumerate()
-            .map(|(i, &(prize_type, weight, is_valuable, limited))| Prize {
-                prize_id: i as u64 + 1,
-                prize_name: format!("prize {i}"),
-                prize_type,
-                value_cents: 5000,
-                angle: i as u16 * 45,
-                color: "#FF6B6B".into(),
-                weight,
-                is_activity: false,
-                is_valuable,
-                limited,
-            })
-            .collect(),
-    }
 }
 
 fn prize_pick(c: &mut Criterion) {
@@ -88,12 +53,14 @@ fn prize_pick(c: &mut Criterion) {
 
 fn broadcast(c: &mut Criterion) {
     let hub = Arc::new(Hub::new(5, 64));
-    let sockets: Vec<_> = (0..10_000u64).map(|u| hub.register(u, u)).collect();
+    let sockets: Vec<_> = (0..10_000u64)
+        .map(|u| hub.register(UserId(u), SessionId(u), false))
+        .collect();
     let update = StockUpdate {
-        product_id: 7,
+        product_id: ProductId(7),
         stock: 41,
         product_name: "招牌奶茶".into(),
-        operation: "purchase".into(),
+        operation: StockOperation::Purchase,
         timestamp: "2026-11-21T13:51:00.123Z".into(),
     };
     c.bench_function("serialize once and broadcast to 10 000 sockets", |b| {
@@ -110,7 +77,7 @@ fn broadcast(c: &mut Criterion) {
                     data: &update,
                 })
                 .unwrap();
-                black_box(hub.broadcast(Utf8Bytes::from(frame)))
+                black_box(hub.broadcast_all(Utf8Bytes::from(frame)))
             },
             BatchSize::PerIteration,
         )

@@ -3,32 +3,47 @@
 //! points and stock updates.
 //!
 //! [`serve`] is the seam: it takes a bound listener and a ready state, so
-//! tests run the real server on `127.0.0.1:0`.
+//! tests run the real server on `127.0.0.1:0`. Everything else is private
+//! to the crate but for what `main`, the tests and the benches use.
+//!
+//! Layers, each depending only on those below it (`tests/architecture.rs`
+//! checks that no two modules import each other, directly or round about):
+//! `http`/`ws` → `app` (state, the command runner, delivery) → `hub`,
+//! `domain` (commands) → `store` (SQL) and `rules` (pure) → `error`.
 
+mod app;
 pub mod config;
-pub mod domain;
-pub mod error;
+mod domain;
+mod error;
 mod heartbeat;
-pub mod http;
-pub mod hub;
+mod http;
+mod hub;
+mod image;
+mod limits;
 mod maintenance;
-pub mod seed;
-pub mod state;
-pub mod storage;
-pub mod store;
-pub mod ws;
+mod metrics;
+pub mod net;
+mod rules;
+mod seed;
+pub mod sms;
+mod storage;
+mod store;
+mod ws;
 
-use axum::serve::ListenerExt;
 use std::future::Future;
 use tokio::net::TcpListener;
 
+pub use app::AppState;
 pub use config::Config;
-pub use state::AppState;
 
-/// Connects (with retries), migrates, seeds demo data where configured and
+/// Start-up errors: printed, and the process exits.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connects (with retries), migrates, seeds demo data in development and
 /// loads the wheel.
 pub async fn prepare(config: Config) -> Result<AppState, BoxError> {
     let storage = storage::Storage::from_config(&config)?;
+    let sms = config.sms.build()?;
     let db = store::connect(&config).await?;
     store::migrate(&db).await?;
     if config.seed_demo_data {
@@ -38,7 +53,7 @@ pub async fn prepare(config: Config) -> Result<AppState, BoxError> {
     if let Err(why) = &wheel {
         tracing::error!(%why, "the prize wheel's configuration is invalid; draws are refused until it is fixed");
     }
-    Ok(AppState::new(config, db, storage, wheel))
+    Ok(AppState::new(config, db, storage, sms, wheel))
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
@@ -49,28 +64,22 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let maintenance = tokio::spawn(maintenance::run(state.clone()));
-    let wheel_watch = tokio::spawn(maintenance::watch_wheel(state.clone()));
-    let heartbeat = tokio::spawn(heartbeat::run(state.clone()));
+    let background = maintenance::spawn(&state);
     let stopping = state.clone();
     let app = http::router(state.clone());
-    // Small frames go out at once: without TCP_NODELAY a second frame
-    // written before the peer acknowledged the first waits for that ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    // `into_make_service`: each connection gets a clone of the router (one
-    // reference count). Serving the `Router` itself rebuilds its route table
-    // for every connection, which made a socket's upgrade cost ~0.4 ms of
-    // CPU, most of a reconnect storm's.
-    let result = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async move {
+    let result = net::serve(
+        listener,
+        app,
+        state.config.http.clone(),
+        async move {
             shutdown.await;
             tracing::info!("shutting down: closing sockets with 1001");
             stopping.stop();
-        })
-        .await;
-    // axum does not track upgraded sockets: they are ours to drain.
+        },
+        state.config.shutdown_grace,
+    )
+    .await;
+    // The HTTP server does not track upgraded sockets: they are ours to drain.
     state.stop();
     state.sockets.close();
     if tokio::time::timeout(state.config.shutdown_grace, state.sockets.wait())
@@ -78,15 +87,63 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(
-            left = state.sockets.len(),
+            left = state.hub.connections(),
             "sockets still open after the grace period"
         );
     }
-    maintenance.abort();
-    wheel_watch.abort();
-    heartbeat.abort();
+    for task in background {
+        task.abort();
+    }
     result
 }
 
-/// Start-up errors: printed, and the process exits.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The operator's commands (`make-merchant`, `revoke-merchant`).
+pub mod cli {
+    use crate::{Config, rules, store};
+
+    /// Gives (or takes) a user the merchant tools; the user must have
+    /// logged in once. Exit code 0 on success, 1 when no such user, 2 on
+    /// bad input or errors.
+    pub async fn set_merchant(config: Config, phone: &str, merchant: bool) -> i32 {
+        if rules::input::validate_phone(phone).is_err() {
+            eprintln!("{phone:?} is not a mainland mobile number");
+            return 2;
+        }
+        let db = match store::connect(&config).await {
+            Ok(db) => db,
+            Err(e) => {
+                eprintln!("cannot connect to the database: {e}");
+                return 2;
+            }
+        };
+        if let Err(e) = store::migrate(&db).await {
+            eprintln!("cannot migrate the database: {e}");
+            return 2;
+        }
+        match store::users::set_merchant(&db, phone, merchant).await {
+            Ok(true) => {
+                println!(
+                    "{phone} {} a merchant",
+                    if merchant { "is now" } else { "is no longer" }
+                );
+                0
+            }
+            Ok(false) => {
+                eprintln!("no user with mobile {phone}: they must log in once first");
+                1
+            }
+            Err(e) => {
+                eprintln!("database error: {e}");
+                2
+            }
+        }
+    }
+}
+
+/// What the benches measure: the hub's fan-out and the wheel's pick.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::hub::Hub;
+    pub use crate::rules::wheel::demo as demo_wheel;
+    pub use protocol::{SessionId, UserId};
+}

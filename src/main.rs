@@ -1,7 +1,6 @@
 //! Parse config, init tracing, connect, migrate, serve — nothing else.
 
 use restaurant_points::{Config, config::LogFormat};
-use std::net::SocketAddr;
 use tokio::net::TcpSocket;
 use tracing_subscriber::EnvFilter;
 
@@ -54,16 +53,19 @@ async fn async_main() {
         }
     };
     init_tracing(&config);
-    if config.jwt_secret_is_default {
+    if !config.is_production() {
         tracing::warn!(
-            "JWT_SECRET is not set: using the development secret (never do this in production)"
+            "APP_ENV=development: demo data, a fixed login code and (without JWT_SECRET) a public token secret; never expose this server"
         );
+    }
+    if config.jwt_secret_is_default {
+        tracing::warn!("JWT_SECRET is not set: using the development secret");
     }
     if let Some(code) = &config.dev_login_code {
         tracing::info!(%code, "development mode: this login code is always accepted");
     }
     if let Some((merchant, phone)) = command {
-        std::process::exit(set_merchant(config, &phone, merchant).await);
+        std::process::exit(restaurant_points::cli::set_merchant(config, &phone, merchant).await);
     }
     if let Err(e) = run(config).await {
         tracing::error!(error = %e, "server stopped with an error");
@@ -72,8 +74,12 @@ async fn async_main() {
 }
 
 async fn run(config: Config) -> Result<(), restaurant_points::BoxError> {
-    let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
-    let socket = TcpSocket::new_v4()?;
+    let addr = config.bind_addr;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     let listener = socket.listen(LISTEN_BACKLOG)?;
@@ -82,43 +88,6 @@ async fn run(config: Config) -> Result<(), restaurant_points::BoxError> {
     restaurant_points::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The operator's way to make (or unmake) a merchant: the user must have
-/// logged in once. Exit code 0 on success, 1 when no such user, 2 on errors.
-async fn set_merchant(config: Config, phone: &str, merchant: bool) -> i32 {
-    if restaurant_points::domain::auth::validate_phone(phone).is_err() {
-        eprintln!("{phone:?} is not a mainland mobile number");
-        return 2;
-    }
-    let db = match restaurant_points::store::connect(&config).await {
-        Ok(db) => db,
-        Err(e) => {
-            eprintln!("cannot connect to the database: {e}");
-            return 2;
-        }
-    };
-    if let Err(e) = restaurant_points::store::migrate(&db).await {
-        eprintln!("cannot migrate the database: {e}");
-        return 2;
-    }
-    match restaurant_points::store::users::set_merchant(&db, phone, merchant).await {
-        Ok(true) => {
-            println!(
-                "{phone} {} a merchant",
-                if merchant { "is now" } else { "is no longer" }
-            );
-            0
-        }
-        Ok(false) => {
-            eprintln!("no user with mobile {phone}: they must log in once first");
-            1
-        }
-        Err(e) => {
-            eprintln!("database error: {e}");
-            2
-        }
-    }
 }
 
 async fn shutdown_signal() {

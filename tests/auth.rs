@@ -1002,7 +1002,7 @@ async fn health_and_healthz_report_healthy_with_the_database_up() {
 }
 
 #[tokio::test]
-async fn metrics_are_served_as_prometheus_text() {
+async fn metrics_are_served_as_openmetrics_text() {
     let server = TestServer::start().await;
 
     let res = server
@@ -1014,7 +1014,11 @@ async fn metrics_are_served_as_prometheus_text() {
 
     assert_eq!(res.status().as_u16(), 200);
     let content_type = res.headers()[CONTENT_TYPE].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    // OpenMetrics text, which Prometheus reads.
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
     let text = res.text().await.unwrap();
     assert!(
         text.contains("# TYPE points_ws_connections gauge"),

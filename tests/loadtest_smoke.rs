@@ -12,8 +12,12 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_load_generator_logs_in_holds_fans_out_and_verifies_commands() {
     loadtest::raise_nofile_limit();
-    let server =
-        TestServer::start_with(|c| c.heartbeat_interval = Duration::from_millis(500)).await;
+    let server = TestServer::start_with(|c| {
+        c.heartbeat_interval = Duration::from_millis(500);
+        // The load generator tops its users up through the merchant.
+        c.adjust_max_per_day = i64::MAX;
+    })
+    .await;
     let tokens = std::env::temp_dir().join(format!("loadtest-smoke-{}.jsonl", std::process::id()));
     let setup = Setup {
         server: format!("http://{}", server.addr),

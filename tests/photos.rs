@@ -95,34 +95,14 @@ fn png(width: u32, height: u32) -> Vec<u8> {
     out
 }
 
-/// A baseline JPEG header: SOI, APP0 (JFIF 1.01), SOF0 with the size and
-/// three components, EOI.
-fn jpeg(width: u16, height: u16) -> Vec<u8> {
-    let mut out = vec![0xFF, 0xD8];
-    out.extend_from_slice(&[0xFF, 0xE0, 0x00, 0x10]);
-    out.extend_from_slice(b"JFIF\0");
-    out.extend_from_slice(&[1, 1, 0, 0, 1, 0, 1, 0, 0]);
-    out.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 8]);
-    out.extend_from_slice(&height.to_be_bytes());
-    out.extend_from_slice(&width.to_be_bytes());
-    out.extend_from_slice(&[3, 1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 1]);
-    out.extend_from_slice(&[0xFF, 0xD9]);
-    out
+/// A real 16×8 JPEG (see `common::images`).
+fn jpeg() -> Vec<u8> {
+    common::images::JPEG_16X8.to_vec()
 }
 
-/// An extended-format WebP header: RIFF, WEBP, a VP8X chunk with the
-/// canvas size (each stored minus one, 24-bit little endian).
-fn webp(width: u32, height: u32) -> Vec<u8> {
-    let mut vp8x = vec![0, 0, 0, 0];
-    vp8x.extend_from_slice(&(width - 1).to_le_bytes()[..3]);
-    vp8x.extend_from_slice(&(height - 1).to_le_bytes()[..3]);
-    let mut out = b"RIFF".to_vec();
-    out.extend_from_slice(&((4 + 8 + vp8x.len()) as u32).to_le_bytes());
-    out.extend_from_slice(b"WEBP");
-    out.extend_from_slice(b"VP8X");
-    out.extend_from_slice(&(vp8x.len() as u32).to_le_bytes());
-    out.extend_from_slice(&vp8x);
-    out
+/// A real 4×3 WebP (see `common::images`).
+fn webp() -> Vec<u8> {
+    common::images::WEBP_LOSSY_4X3.to_vec()
 }
 
 /// The classic 1×1 transparent GIF: a real image, of a refused kind.
@@ -258,10 +238,11 @@ async fn receipt(server: &TestServer, user: &User, amount: &str) -> String {
         .to_string()
 }
 
-/// The storage key of an `image_url` served by the test server.
+/// The storage key of an `image_url` served by the test server (a signed
+/// URL: the key, then `?exp=…&sig=…`).
 fn key_of(image_url: &str) -> &str {
-    image_url
-        .strip_prefix(UPLOADS)
+    let path = image_url.split('?').next().unwrap_or(image_url);
+    path.strip_prefix(UPLOADS)
         .unwrap_or_else(|| panic!("image_url is served under /uploads/: {image_url}"))
 }
 
@@ -446,20 +427,8 @@ async fn a_png_a_jpeg_and_a_webp_are_stored_under_server_chosen_names_and_served
     // (bytes, the client's file name, type, the stored extension, size)
     let images = [
         (png(3, 2), "IMG_2041.png", "image/png", "png", (3, 2)),
-        (
-            jpeg(640, 480),
-            "IMG_2042.jpg",
-            "image/jpeg",
-            "jpg",
-            (640, 480),
-        ),
-        (
-            webp(800, 600),
-            "IMG_2043.webp",
-            "image/webp",
-            "webp",
-            (800, 600),
-        ),
+        (jpeg(), "IMG_2042.jpg", "image/jpeg", "jpg", (16, 8)),
+        (webp(), "IMG_2043.webp", "image/webp", "webp", (4, 3)),
     ];
 
     let mut ids = Vec::new();
@@ -492,7 +461,8 @@ async fn a_png_a_jpeg_and_a_webp_are_stored_under_server_chosen_names_and_served
         let upload_id = d["upload_id"].as_str().unwrap().to_string();
         let image_url = d["image_url"].as_str().unwrap();
 
-        // On disk under the server's name, with exactly the bytes sent.
+        // On disk under the server's name, with exactly the bytes sent
+        // (these carry no metadata, so cleaning leaves them as they are).
         let key = key_of(image_url);
         let stored = dir.0.join(key);
         assert_eq!(
@@ -837,16 +807,19 @@ fn reason_of(result: &ServerFrame) -> String {
 }
 
 #[tokio::test]
-async fn an_approval_may_award_other_points_from_1_to_99999_only() {
+async fn an_approval_may_award_from_1_to_ten_times_the_estimate_only() {
     let (server, _dir) = start_local().await;
     let guest = server.login_new().await;
     let merchant = merchant(&server).await;
+    // Estimated at 125 points: at most 1 250 may be awarded (10 × the
+    // estimate, under the absolute cap), not 99 999.
     let upload_id = receipt(&server, &guest, "12.50").await;
 
     for points in [
         json!(0),
         json!(-5),
-        json!(100_000),
+        json!(1_251),
+        json!(99_999),
         json!(1.5),
         json!("100"),
     ] {
@@ -882,20 +855,20 @@ async fn an_approval_may_award_other_points_from_1_to_99999_only() {
     let outcome = review_ok(
         &server,
         &merchant,
-        json!({ "upload_id": upload_id, "action": "approve", "points": 99_999, "reason": "大单" }),
+        json!({ "upload_id": upload_id, "action": "approve", "points": 1_250, "reason": "大单" }),
     )
     .await;
-    assert_eq!(outcome["points_awarded"], 99_999, "{outcome}");
+    assert_eq!(outcome["points_awarded"], 1_250, "{outcome}");
     assert_eq!(
         outcome["user_new_balance"],
-        START_POINTS + 99_999,
+        START_POINTS + 1_250,
         "{outcome}"
     );
     assert_eq!(
         upload_state(&server, &upload_id).await,
         (
             "approved".to_string(),
-            Some(99_999),
+            Some(1_250),
             Some("大单".to_string()),
             Some(merchant.user_id)
         )
@@ -1184,8 +1157,8 @@ async fn the_review_queue_lists_pending_uploads_first_oldest_first_by_page() {
     let bob = server.login_new().await;
 
     let a1 = upload_ok(&server, &alice, &png(2, 2), "10.00").await;
-    let b1 = upload_ok(&server, &bob, &jpeg(8, 8), "20.5").await;
-    let a2 = upload_ok(&server, &alice, &webp(9, 9), "30.99").await;
+    let b1 = upload_ok(&server, &bob, &jpeg(), "20.5").await;
+    let a2 = upload_ok(&server, &alice, &webp(), "30.99").await;
     let id = |d: &Value| d["upload_id"].as_str().unwrap().to_string();
     // The oldest is reviewed; the other two wait.
     review_ok(
@@ -1581,7 +1554,7 @@ async fn receipts_are_stored_in_a_real_s3_compatible_server_and_served_back() {
     )
     .await;
     assert_eq!((a.status, a.code()), (400, 5003), "{}", a.text);
-    let image = jpeg(320, 240);
+    let image = jpeg();
     let d = upload_ok(&server, &user, &image, "12.50").await;
     let image_url = d["image_url"].as_str().unwrap();
     let key = key_of(image_url);
@@ -1628,7 +1601,10 @@ async fn receipts_are_stored_in_a_real_s3_compatible_server_and_served_back() {
     assert_eq!(served, image, "the server serves the object from S3");
 
     let (status, body) = server
-        .get(&format!("{UPLOADS}{}", key.replace(".jpg", ".png")), None)
+        .get(
+            &format!("{UPLOADS}{}", key.replace(".jpg", ".png")),
+            Some(&user.access_token),
+        )
         .await;
     assert_eq!((status, body["code"].as_i64()), (404, Some(2001)), "{body}");
     drop(moto);

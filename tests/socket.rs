@@ -627,7 +627,7 @@ async fn a_socket_that_never_reads_is_closed_with_4004_and_readers_still_get_bro
         let frame = Utf8Bytes::from(format!(
             r#"{{"type":"stock_update","data":{{"n":{n},"padding":"{padding}"}}}}"#
         ));
-        let took = server.state.hub.broadcast(frame);
+        let took = server.state.hub.broadcast_all(frame);
         let update = reader.next().await;
         assert_eq!(update.kind, "stock_update", "{:?}", update.kind);
         assert_eq!(
@@ -646,7 +646,7 @@ async fn a_socket_that_never_reads_is_closed_with_4004_and_readers_still_get_bro
         "the socket was written to before it was called slow (refused at {refused_at})"
     );
 
-    let took = server.state.hub.broadcast(Utf8Bytes::from_static(
+    let took = server.state.hub.broadcast_all(Utf8Bytes::from_static(
         "{\"type\":\"stock_update\",\"data\":{}}",
     ));
     assert_eq!(took, 1, "only the reading socket takes new broadcasts");

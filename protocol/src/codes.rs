@@ -17,6 +17,7 @@ pub enum ErrorCode {
     RefreshTokenReused,
     AccountDisabled,
     TooManyCodeAttempts,
+    SmsFailed,
     // 2xxx: any request.
     InvalidParameter,
     NotFound,
@@ -28,6 +29,9 @@ pub enum ErrorCode {
     Internal,
     MethodNotAllowed,
     TooManyConnections,
+    Busy,
+    MerchantLimitReached,
+    RequestTimeout,
     // 3xxx: the prize wheel.
     DrawFailed,
     DailyLimitReached,
@@ -48,7 +52,10 @@ pub enum ErrorCode {
     NoImage,
     InvalidAmount,
     UnsupportedImage,
+    UploadQuotaReached,
+    TooManyPending,
     ReviewFailed,
+    OwnUpload,
     AlreadyReviewed,
     // 7xxx: the socket.
     UnknownCommand,
@@ -68,6 +75,7 @@ impl ErrorCode {
         Self::RefreshTokenReused,
         Self::AccountDisabled,
         Self::TooManyCodeAttempts,
+        Self::SmsFailed,
         Self::InvalidParameter,
         Self::NotFound,
         Self::RateLimited,
@@ -78,6 +86,9 @@ impl ErrorCode {
         Self::Internal,
         Self::MethodNotAllowed,
         Self::TooManyConnections,
+        Self::Busy,
+        Self::MerchantLimitReached,
+        Self::RequestTimeout,
         Self::DrawFailed,
         Self::DailyLimitReached,
         Self::InvalidDrawCount,
@@ -95,7 +106,10 @@ impl ErrorCode {
         Self::NoImage,
         Self::InvalidAmount,
         Self::UnsupportedImage,
+        Self::UploadQuotaReached,
+        Self::TooManyPending,
         Self::ReviewFailed,
+        Self::OwnUpload,
         Self::AlreadyReviewed,
         Self::UnknownCommand,
         Self::MalformedFrame,
@@ -115,6 +129,7 @@ impl ErrorCode {
             Self::RefreshTokenReused => (1005, 401, "登录状态异常，请重新登录"),
             Self::AccountDisabled => (1006, 403, "账号已被停用"),
             Self::TooManyCodeAttempts => (1007, 429, "验证码错误次数过多，请重新获取"),
+            Self::SmsFailed => (1008, 503, "短信发送失败，请稍后重试"),
             Self::InvalidParameter => (2000, 400, "参数错误"),
             Self::NotFound => (2001, 404, "请求的资源不存在"),
             Self::RateLimited => (2002, 429, "请求过于频繁，请稍后再试"),
@@ -125,6 +140,9 @@ impl ErrorCode {
             Self::Internal => (2007, 500, "服务器繁忙，请稍后重试"),
             Self::MethodNotAllowed => (2008, 405, "请求方法不支持"),
             Self::TooManyConnections => (2009, 503, "连接数已满，请稍后重试"),
+            Self::Busy => (2010, 503, "系统繁忙，请稍后重试"),
+            Self::MerchantLimitReached => (2011, 422, "已超出商家操作限额"),
+            Self::RequestTimeout => (2012, 408, "请求超时"),
             Self::DrawFailed => (3000, 500, "抽奖失败，请稍后重试"),
             Self::DailyLimitReached => (3001, 422, "今日抽奖次数已用完"),
             Self::InvalidDrawCount => (3002, 400, "不支持的抽奖次数"),
@@ -142,7 +160,10 @@ impl ErrorCode {
             Self::NoImage => (5001, 400, "请选择要上传的图片"),
             Self::InvalidAmount => (5002, 400, "消费金额必须在0.01-9999.99元之间"),
             Self::UnsupportedImage => (5003, 400, "仅支持JPEG、PNG、WebP格式的图片"),
+            Self::UploadQuotaReached => (5004, 429, "今日上传已达上限，请明天再试"),
+            Self::TooManyPending => (5005, 429, "待审核的小票过多，请等待审核后再上传"),
             Self::ReviewFailed => (6000, 500, "审核操作失败"),
+            Self::OwnUpload => (6001, 403, "不能审核自己上传的小票"),
             Self::AlreadyReviewed => (6004, 409, "该记录已被审核"),
             Self::UnknownCommand => (7001, 400, "未知的指令类型"),
             Self::MalformedFrame => (7002, 400, "消息格式错误"),
@@ -176,6 +197,8 @@ pub const OK: i32 = 0;
 pub mod close {
     /// The server is shutting down; reconnect with backoff.
     pub const GOING_AWAY: u16 = 1001;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_UTF8: u16 = 1007;
     /// A frame or message over the size limit.
     pub const TOO_BIG: u16 = 1009;
     /// Nothing (no pong, no frame) received for two heartbeat intervals.

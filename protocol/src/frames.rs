@@ -22,6 +22,8 @@ pub mod event {
     pub const POINTS_UPDATE: &str = "points_update";
     pub const REVIEW_RESULT: &str = "review_result";
     pub const STOCK_UPDATE: &str = "stock_update";
+    pub const PRODUCT_UPDATE: &str = "product_update";
+    pub const REVIEW_QUEUE: &str = "review_queue";
     pub const SYNC_RESULT: &str = "sync_result";
     pub const ERROR: &str = "error";
 }
@@ -38,15 +40,15 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'))
 }
 
-/// A command as it arrives, before its `id` and `data` are trusted.
-/// `id` stays a raw JSON value so that a non-string id can be told apart
-/// from a missing one.
+/// A command as it arrives, before its `id`, `type` and `data` are
+/// trusted. They stay raw JSON values so that a frame whose `id` can be
+/// read is answered with it whatever else is wrong with the frame.
 #[derive(Debug, Deserialize)]
 pub struct IncomingFrame<'a> {
     #[serde(default, borrow)]
     pub id: Option<&'a RawValue>,
-    #[serde(rename = "type", default)]
-    pub kind: Option<String>,
+    #[serde(rename = "type", default, borrow)]
+    pub kind: Option<&'a RawValue>,
     #[serde(default, borrow)]
     pub data: Option<&'a RawValue>,
 }
@@ -137,7 +139,7 @@ mod tests {
     fn a_command_with_a_numeric_id_keeps_it_raw() {
         let f: IncomingFrame = serde_json::from_str(r#"{"id":7,"type":"ping"}"#).unwrap();
         assert_eq!(f.id.unwrap().get(), "7");
-        assert_eq!(f.kind.as_deref(), Some("ping"));
+        assert_eq!(f.kind.unwrap().get(), "\"ping\"");
         assert!(f.data.is_none());
     }
 }

@@ -4,8 +4,10 @@
 
 pub mod codes;
 pub mod frames;
+pub mod ids;
 pub mod types;
 
 pub use codes::{ErrorCode, close};
 pub use frames::*;
+pub use ids::*;
 pub use types::*;

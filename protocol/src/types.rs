@@ -2,6 +2,11 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::ids::{
+    EntryKind, OrderStatus, PrizeId, PrizeType, ProductId, ProductStatus, ReviewAction,
+    ReviewStatus, Source, StockOperation, UploadId, UserId, UserStatus,
+};
+
 /// Money and prize values: an exact amount in hundredths, written on the
 /// wire as a JSON number with two places (`12.50`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -60,14 +65,14 @@ impl<'de> Deserialize<'de> for Probability {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct UserInfo {
-    pub user_id: u64,
+    pub user_id: UserId,
     /// Masked: `138****8001`.
     pub mobile: String,
     pub nickname: String,
     pub total_points: i64,
     pub is_merchant: bool,
     pub avatar: Option<String>,
-    pub status: String,
+    pub status: UserStatus,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -98,10 +103,10 @@ pub struct PointsRecord {
     pub record_id: u64,
     /// `earn` or `spend`; `points` is always positive.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EntryKind,
     pub points: i64,
     pub balance_after: i64,
-    pub source: String,
+    pub source: Source,
     pub description: String,
     pub related_id: Option<String>,
     pub created_at: String,
@@ -115,9 +120,9 @@ pub struct PointsRecords {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PrizeView {
-    pub prize_id: u64,
+    pub prize_id: PrizeId,
     pub prize_name: String,
-    pub prize_type: String,
+    pub prize_type: PrizeType,
     pub prize_value: Money,
     pub angle: u16,
     pub color: String,
@@ -150,9 +155,9 @@ pub struct DrawRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct DrawItem {
     pub draw_id: String,
-    pub prize_id: u64,
+    pub prize_id: PrizeId,
     pub prize_name: String,
-    pub prize_type: String,
+    pub prize_type: PrizeType,
     pub prize_value: Money,
     pub angle: u16,
     pub is_pity: bool,
@@ -168,9 +173,9 @@ pub struct DrawResult {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DrawRecord {
     pub draw_id: String,
-    pub prize_id: u64,
+    pub prize_id: PrizeId,
     pub prize_name: String,
-    pub prize_type: String,
+    pub prize_type: PrizeType,
     pub prize_value: Money,
     pub angle: u16,
     pub is_pity: bool,
@@ -186,7 +191,7 @@ pub struct DrawRecords {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Product {
-    pub product_id: u64,
+    pub product_id: ProductId,
     pub name: String,
     pub description: String,
     pub category: String,
@@ -194,7 +199,7 @@ pub struct Product {
     pub stock: i64,
     pub image: Option<String>,
     /// `active` or `inactive`; guests are only shown active products.
-    pub status: String,
+    pub status: ProductStatus,
     pub sales_count: i64,
     pub sort_order: i64,
 }
@@ -215,7 +220,7 @@ pub struct ExchangeRequest {
 pub struct ExchangeResult {
     pub exchange_id: String,
     pub exchange_code: String,
-    pub product_id: u64,
+    pub product_id: ProductId,
     pub quantity: u32,
     pub total_cost: i64,
     pub remaining_points: i64,
@@ -226,12 +231,12 @@ pub struct ExchangeResult {
 pub struct Order {
     pub exchange_id: String,
     pub exchange_code: String,
-    pub product_id: u64,
+    pub product_id: ProductId,
     pub product_name: String,
     pub quantity: u32,
     pub total_cost: i64,
     /// `pending` until redeemed at the counter, then `redeemed`.
-    pub status: String,
+    pub status: OrderStatus,
     pub created_at: String,
     pub redeemed_at: Option<String>,
 }
@@ -244,11 +249,11 @@ pub struct Orders {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StockUpdate {
-    pub product_id: u64,
+    pub product_id: ProductId,
     pub stock: i64,
     pub product_name: String,
     /// `purchase`, `restock` or `admin_adjust`.
-    pub operation: String,
+    pub operation: StockOperation,
     pub timestamp: String,
 }
 
@@ -256,22 +261,22 @@ pub struct StockUpdate {
 pub struct Redemption {
     pub exchange_id: String,
     pub exchange_code: String,
-    pub user_id: u64,
-    pub product_id: u64,
+    pub user_id: UserId,
+    pub product_id: ProductId,
     pub product_name: String,
     pub quantity: u32,
-    pub status: String,
+    pub status: OrderStatus,
     pub redeemed_at: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StockChange {
     pub change_id: u64,
-    pub product_id: u64,
-    pub operation: String,
+    pub product_id: ProductId,
+    pub operation: StockOperation,
     pub delta: i64,
     pub stock_after: i64,
-    pub actor_id: Option<u64>,
+    pub actor_id: Option<UserId>,
     pub reason: String,
     pub related_id: Option<String>,
     pub created_at: String,
@@ -285,21 +290,21 @@ pub struct StockChanges {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UploadResult {
-    pub upload_id: String,
+    pub upload_id: UploadId,
     pub image_url: String,
     pub estimated_points: i64,
-    pub review_status: String,
+    pub review_status: ReviewStatus,
     pub message: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Upload {
-    pub upload_id: String,
+    pub upload_id: UploadId,
     pub image_url: String,
     pub amount: Money,
     pub estimated_points: i64,
     /// `pending`, `approved` or `rejected`.
-    pub review_status: String,
+    pub review_status: ReviewStatus,
     pub points_awarded: Option<i64>,
     pub review_reason: Option<String>,
     pub created_at: String,
@@ -315,7 +320,7 @@ pub struct Uploads {
 /// An upload in the merchant's review queue: the upload and whose it is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReviewItem {
-    pub user_id: u64,
+    pub user_id: UserId,
     /// Masked, as in `user_info`.
     pub user_mobile: String,
     #[serde(flatten)]
@@ -340,17 +345,17 @@ pub struct ReviewRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReviewOutcome {
-    pub upload_id: String,
-    pub action: String,
+    pub upload_id: UploadId,
+    pub action: ReviewAction,
     pub points_awarded: i64,
     pub user_new_balance: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReviewResult {
-    pub upload_id: String,
+    pub upload_id: UploadId,
     /// `approved` or `rejected`.
-    pub status: String,
+    pub status: ReviewStatus,
     pub points_awarded: i64,
     pub reason: String,
     pub timestamp: String,
@@ -379,7 +384,7 @@ pub struct Statistics {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PointsAdjustment {
-    pub user_id: u64,
+    pub user_id: UserId,
     /// The change: positive grants, negative deducts.
     pub points: i64,
     pub total_points: i64,
@@ -397,7 +402,7 @@ pub struct LotterySettings {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Welcome {
-    pub user_id: u64,
+    pub user_id: UserId,
     pub total_points: i64,
     pub last_seq: u64,
     pub heartbeat_interval_ms: u64,
@@ -406,11 +411,11 @@ pub struct Welcome {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PointsUpdate {
-    pub user_id: u64,
+    pub user_id: UserId,
     pub total_points: i64,
     pub change_points: i64,
     pub reason: String,
-    pub source: String,
+    pub source: Source,
     pub timestamp: String,
 }
 
@@ -439,13 +444,117 @@ pub struct AuthRefreshRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuthRefreshResult {
-    pub user_id: u64,
+    pub user_id: UserId,
     pub expires_at: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PingResult {
     pub server_time: String,
+}
+
+/// A prize as the merchant's wheel editor reads and writes it: the guest's
+/// view plus what guests do not see (pity flag, stock).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PrizeAdmin {
+    /// Absent when writing a new prize.
+    #[serde(default)]
+    pub prize_id: Option<PrizeId>,
+    pub prize_name: String,
+    pub prize_type: PrizeType,
+    /// Points for a `points` prize; face value (two places) otherwise.
+    pub prize_value: Money,
+    pub angle: u16,
+    pub color: String,
+    pub probability: Probability,
+    #[serde(default)]
+    pub is_activity: bool,
+    /// Counts as a win for the pity guarantee.
+    #[serde(default)]
+    pub is_valuable: bool,
+    /// Remaining stock; `null` for no limit.
+    #[serde(default)]
+    pub stock: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Prizes {
+    pub prizes: Vec<PrizeAdmin>,
+    /// The wheel's version after this change (absent when writing).
+    #[serde(default)]
+    pub version: u32,
+}
+
+/// One merchant action, as the audit log lists it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: u64,
+    pub actor_id: UserId,
+    /// `review.approve`, `review.reject`, `points.adjust`, `product.create`,
+    /// `product.update`, `stock.change`, `order.redeem`, `lottery.settings`,
+    /// `lottery.prizes`.
+    pub action: String,
+    /// What it acted on: `upload:…`, `user:…`, `product:…`, `order:…`, `wheel`.
+    pub target: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub reason: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditLog {
+    pub entries: Vec<AuditEntry>,
+    pub pagination: Pagination,
+}
+
+/// Activity in one hour (UTC, RFC 3339 at the hour).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HourStat {
+    pub hour: String,
+    pub draws: u64,
+    pub exchanges: u64,
+    pub points_awarded: u64,
+    pub uploads: u64,
+}
+
+/// Live sockets of this instance at a moment.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionSample {
+    pub at: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HourlyStatistics {
+    /// Every hour of the window, oldest first (zeros included).
+    pub hours: Vec<HourStat>,
+    /// Samples of live connections over the same window, oldest first.
+    pub connections: Vec<ConnectionSample>,
+}
+
+/// To every merchant socket: an upload entered or left the review queue.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReviewQueueUpdate {
+    pub upload_id: UploadId,
+    pub status: ReviewStatus,
+    pub user_id: UserId,
+    pub amount: Money,
+    pub estimated_points: i64,
+    pub points_awarded: Option<i64>,
+    pub created_at: String,
+}
+
+/// To every socket: a product was created, edited, activated or
+/// deactivated (stock changes come as `stock_update`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProductUpdate {
+    pub product_id: ProductId,
+    pub name: String,
+    pub exchange_points: i64,
+    pub status: ProductStatus,
+    pub stock: i64,
+    pub timestamp: String,
 }
 
 #[cfg(test)]

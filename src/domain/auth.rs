@@ -1,48 +1,52 @@
-//! Verification codes, login, token rotation and logout.
+//! Verification codes, login, token rotation and logout, as commands; and
+//! the check every request and socket makes of its access token.
 
-use chrono::{Duration as ChronoDuration, Utc};
-use protocol::{ErrorCode, LoginResponse, UserInfo, close};
-use rand::Rng;
+use chrono::{Duration as ChronoDuration, NaiveDate};
+use hmac::{Hmac, Mac};
+use protocol::{ErrorCode, LoginResponse, SessionId, Source, UserId, UserInfo, UserStatus, close};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use std::sync::atomic::Ordering;
-use tracing::instrument;
+use sha2::Sha256;
+use sqlx::MySqlPool;
+use std::time::Duration;
 
-use super::points::{Account, source};
-use super::tokens::{Access, hash_token, new_refresh_token};
+use super::account::Account;
+use super::tokens::{Access, TokenKeys, hash_token, new_refresh_token};
+use super::{CloseSockets, Command, Ctx, Done, UserEvent};
 use crate::error::{Error, Result};
-use crate::state::AppState;
+use crate::rules::calendar::business_day;
+use crate::rules::input::{is_code_shaped, mask_mobile, validate_phone};
 use crate::store::{self, Tx};
 
-const CODE_TTL_SECS: u32 = 300;
-const MAX_CODE_ATTEMPTS: u32 = 5;
+pub const CODE_TTL_SECS: u32 = 300;
+pub const MAX_CODE_ATTEMPTS: u32 = 5;
 pub const REGISTER_BONUS: i64 = 1000;
 
-/// `^1[3-9][0-9]{9}$` over ASCII digits only: full-width digits, other
-/// scripts' digits and trailing newlines are all refused.
-pub fn validate_phone(phone: &str) -> Result<()> {
-    let b = phone.as_bytes();
-    let ok = b.len() == 11
-        && b[0] == b'1'
-        && (b'3'..=b'9').contains(&b[1])
-        && b[2..].iter().all(u8::is_ascii_digit);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Refused(ErrorCode::InvalidPhone))
+/// Codes are stored as an HMAC under a server key, never as themselves: a
+/// million possible codes make a plain hash trivial to reverse.
+#[derive(Clone)]
+pub struct CodeKey([u8; 32]);
+
+impl CodeKey {
+    /// Derived from the token secret, so there is no second secret to lose.
+    pub fn derive(secret: &str) -> CodeKey {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+            .expect("HMAC takes a key of any length");
+        mac.update(b"verification-code-key");
+        CodeKey(mac.finalize().into_bytes().into())
+    }
+
+    fn hash(&self, phone: &str, code: &str) -> Vec<u8> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(phone.as_bytes());
+        mac.update(b":");
+        mac.update(code.as_bytes());
+        mac.finalize().into_bytes().to_vec()
     }
 }
 
-/// `138****8001`.
-pub fn mask_mobile(m: &str) -> String {
-    if m.len() == 11 && m.is_ascii() {
-        format!("{}****{}", &m[..3], &m[7..])
-    } else {
-        "****".into()
-    }
-}
-
-pub fn user_info(u: &store::users::UserRow) -> UserInfo {
+/// `user_info` of the contract, from a user row.
+pub fn info_of(u: &store::users::UserRow) -> UserInfo {
     UserInfo {
         user_id: u.user_id,
         mobile: mask_mobile(&u.mobile),
@@ -50,83 +54,106 @@ pub fn user_info(u: &store::users::UserRow) -> UserInfo {
         total_points: u.total_points,
         is_merchant: u.is_merchant,
         avatar: u.avatar.clone(),
-        status: u.status.clone(),
+        status: u.status,
     }
 }
 
-fn code_hash(phone: &str, code: &str) -> Vec<u8> {
-    Sha256::digest(format!("{phone}:{code}").as_bytes()).to_vec()
+/// `user_info` of a user, read fresh: the one way every door builds it.
+pub async fn user_info(db: &MySqlPool, user_id: UserId) -> Result<UserInfo> {
+    let row = store::users::find(db, user_id)
+        .await?
+        .ok_or(Error::Refused(ErrorCode::TokenInvalid))?;
+    Ok(info_of(&row))
 }
 
-fn business_day(state: &AppState) -> chrono::NaiveDate {
-    (Utc::now() + ChronoDuration::minutes(state.config.business_utc_offset_minutes as i64))
-        .date_naive()
-}
-
+/// A code issued to a phone: the reply of `SendCode`. The code itself goes
+/// to the SMS provider after commit, never to the client.
 #[derive(Debug, Serialize)]
-pub struct SendCodeResult {
+pub struct IssuedCode {
+    #[serde(skip)]
+    pub code: String,
     pub expires_in: u32,
     pub resend_after: u64,
 }
 
-/// Issues a 6-digit code, at most once a minute and ten times a day per
-/// phone. Codes are delivered by the SMS provider; the only provider built
-/// in writes them to the log, which is what development uses.
-#[instrument(skip_all)]
-pub async fn send_code(state: &AppState, phone: &str) -> Result<SendCodeResult> {
-    validate_phone(phone)?;
-    let resend = state.config.sms_resend_interval.as_secs();
-    let today = business_day(state);
-    let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
+/// Issues a 6-digit code, at most once per `resend_interval` and
+/// `daily_limit` times a business day per phone.
+pub struct SendCode<'a> {
+    pub phone: &'a str,
+    pub key: &'a CodeKey,
+    pub resend_interval: Duration,
+    pub daily_limit: u32,
+    pub utc_offset_minutes: i32,
+}
 
-    let mut tx = state.db.begin().await?;
-    let day_count = match store::auth::lock_sms(&mut tx, phone).await? {
-        Some(row) if (row.seconds_since_sent.max(0) as u64) < resend => {
-            return Err(Error::Refused(ErrorCode::CodeRateLimited));
-        }
-        Some(row) if row.day == today && row.day_count >= state.config.sms_daily_limit => {
-            return Err(Error::Refused(ErrorCode::CodeRateLimited));
-        }
-        Some(row) if row.day == today => row.day_count + 1,
-        _ => 1,
-    };
-    match store::auth::upsert_sms(
-        &mut tx,
-        phone,
-        &code_hash(phone, &code),
-        CODE_TTL_SECS,
-        today,
-        day_count,
-    )
-    .await
-    {
-        Ok(()) => {}
-        // Two first-ever sends raced on a phone with no row: one wins.
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            return Err(Error::Refused(ErrorCode::CodeRateLimited));
-        }
-        Err(e) => return Err(e.into()),
-    }
-    tx.commit().await?;
+impl Command for SendCode<'_> {
+    type Reply = IssuedCode;
+    const NAME: &'static str = "auth.send_code";
 
-    if state.config.dev_login_code.is_some() {
-        tracing::info!(phone = %super::auth::mask_mobile(phone), %code, "verification code issued (development: logged, and 123456 is also accepted)");
-    } else {
-        tracing::warn!(phone = %mask_mobile(phone), "verification code issued; no SMS provider is configured, so it was not delivered");
+    fn check(&self) -> Result<()> {
+        validate_phone(self.phone)
     }
-    Ok(SendCodeResult {
-        expires_in: CODE_TTL_SECS,
-        resend_after: resend,
-    })
+
+    async fn run(&self, tx: &mut Tx, ctx: &mut Ctx) -> Result<Done<IssuedCode>> {
+        use rand::Rng;
+        let resend = self.resend_interval.as_secs();
+        let today = business_day(ctx.now, self.utc_offset_minutes);
+        store::auth::ensure_sms_row(tx, self.phone, today).await?;
+        let row = store::auth::lock_sms(tx, self.phone)
+            .await?
+            .ok_or_else(|| {
+                Error::internal(ErrorCode::Internal, "sms row vanished under its lock")
+            })?;
+        if (row.seconds_since_sent.max(0) as u64) < resend {
+            return Err(Error::Refused(ErrorCode::CodeRateLimited));
+        }
+        let day_count = sent_today(row.day, row.day_count, today);
+        if day_count >= self.daily_limit {
+            return Err(Error::Refused(ErrorCode::CodeRateLimited));
+        }
+        let code = format!("{:06}", ctx.rng.random_range(0..1_000_000u32));
+        let hash = self.key.hash(self.phone, &code);
+        store::auth::store_sms(tx, self.phone, &hash, CODE_TTL_SECS, today, day_count + 1).await?;
+        Ok(Done::new(IssuedCode {
+            code,
+            expires_in: CODE_TTL_SECS,
+            resend_after: resend,
+        }))
+    }
+}
+
+fn sent_today(day: NaiveDate, count: u32, today: NaiveDate) -> u32 {
+    if day == today { count } else { 0 }
+}
+
+/// Takes back a code the SMS provider could not deliver.
+pub struct WithdrawCode<'a> {
+    pub phone: &'a str,
+}
+
+impl Command for WithdrawCode<'_> {
+    type Reply = ();
+    const NAME: &'static str = "auth.withdraw_code";
+
+    async fn run(&self, tx: &mut Tx, _: &mut Ctx) -> Result<Done<()>> {
+        store::auth::withdraw_sms(tx, self.phone).await?;
+        Ok(Done::new(()))
+    }
 }
 
 /// Checks a code inside the login transaction: a wrong code counts an
 /// attempt (committed even though the login fails), a right one is consumed.
-async fn check_code(state: &AppState, tx: &mut Tx, phone: &str, code: &str) -> Result<bool> {
-    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+async fn check_code(
+    tx: &mut Tx,
+    key: &CodeKey,
+    dev_code: Option<&str>,
+    phone: &str,
+    code: &str,
+) -> Result<bool> {
+    if !is_code_shaped(code) {
         return Ok(false);
     }
-    if state.config.dev_login_code.as_deref() == Some(code) {
+    if dev_code == Some(code) {
         return Ok(true);
     }
     let Some(row) = store::auth::lock_sms(tx, phone).await? else {
@@ -138,7 +165,7 @@ async fn check_code(state: &AppState, tx: &mut Tx, phone: &str, code: &str) -> R
     if row.attempts >= MAX_CODE_ATTEMPTS {
         return Err(Error::Refused(ErrorCode::TooManyCodeAttempts));
     }
-    if row.code_hash != code_hash(phone, code) {
+    if row.code_hash != key.hash(phone, code) {
         store::auth::count_sms_attempt(tx, phone).await?;
         return Ok(false);
     }
@@ -147,11 +174,13 @@ async fn check_code(state: &AppState, tx: &mut Tx, phone: &str, code: &str) -> R
 }
 
 /// Finds the user with this mobile or creates them with the register bonus,
-/// in the caller's transaction. Returns `(user_id, is_new, pushed events)`.
+/// in the caller's transaction. Returns the user, whether they are new, and
+/// the events written.
 pub async fn find_or_create_user(
     tx: &mut Tx,
     mobile: &str,
-) -> Result<(store::users::UserRow, bool, Vec<super::points::UserEvent>)> {
+    ctx: &Ctx,
+) -> Result<(store::users::UserRow, bool, Vec<UserEvent>)> {
     if let Some(u) = store::users::find_by_mobile(tx, mobile).await? {
         return Ok((u, false, Vec::new()));
     }
@@ -171,87 +200,86 @@ pub async fn find_or_create_user(
     let mut account = Account::lock(tx, user_id).await?;
     account.earn(
         REGISTER_BONUS,
-        source::REGISTER,
+        Source::Register,
         "新用户注册奖励".into(),
         Some(format!("REG_{user_id}")),
     );
-    let events = account.save(tx, "新用户注册奖励", source::REGISTER).await?;
+    let events = account
+        .save(tx, "新用户注册奖励", Source::Register, ctx.now)
+        .await?;
     let u = store::users::find_by_mobile_latest(tx, mobile)
         .await?
         .ok_or_else(|| Error::internal(ErrorCode::LoginFailed, "new user not found"))?;
     Ok((u, true, events))
 }
 
-async fn issue_pair(
-    state: &AppState,
-    tx: &mut Tx,
-    user_id: u64,
-    session_id: u64,
-) -> Result<(String, String)> {
-    let refresh = new_refresh_token();
-    let expires = (Utc::now()
-        + ChronoDuration::from_std(state.config.refresh_token_ttl).unwrap_or_default())
-    .naive_utc();
-    store::auth::insert_refresh(tx, &hash_token(&refresh), session_id, user_id, expires).await?;
-    let (access, _) = state.keys.issue_access(user_id, session_id);
-    Ok((access, refresh))
+/// What issuing a token pair needs.
+pub struct Issuer<'a> {
+    pub keys: &'a TokenKeys,
+    pub refresh_ttl: Duration,
 }
 
-#[instrument(skip_all)]
-pub async fn login(state: &AppState, phone: &str, code: &str) -> Result<LoginResponse> {
-    validate_phone(phone)?;
-    let mut tx = state
-        .db
-        .begin()
-        .await
-        .map_err(|e| Error::from(e).during(ErrorCode::LoginFailed))?;
-    let result = login_in(state, &mut tx, phone, code).await;
-    match result {
-        Ok(Some((resp, events))) => {
-            tx.commit()
-                .await
-                .map_err(|e| Error::from(e).during(ErrorCode::LoginFailed))?;
-            state.hub.deliver(&events);
-            state.metrics.logins.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = store::users::touch_login(&state.db, resp.user_info.user_id).await {
-                tracing::warn!(error = %e, "could not record the login time");
-            }
-            tracing::Span::current().record("user_id", resp.user_info.user_id);
-            Ok(resp)
-        }
-        Ok(None) => {
-            // A wrong code: keep the attempt count, refuse the login.
-            tx.commit()
-                .await
-                .map_err(|e| Error::from(e).during(ErrorCode::LoginFailed))?;
-            Err(Error::Refused(ErrorCode::WrongCode))
-        }
-        Err(e) => Err(e.during(ErrorCode::LoginFailed)),
+impl Issuer<'_> {
+    async fn pair(
+        &self,
+        tx: &mut Tx,
+        ctx: &Ctx,
+        user_id: UserId,
+        session_id: SessionId,
+    ) -> Result<(String, String)> {
+        let refresh = new_refresh_token();
+        let expires =
+            (ctx.now + ChronoDuration::from_std(self.refresh_ttl).unwrap_or_default()).naive_utc();
+        store::auth::insert_refresh(tx, &hash_token(&refresh), session_id, user_id, expires)
+            .await?;
+        let (access, _) = self.keys.issue_access(user_id, session_id, ctx.now);
+        Ok((access, refresh))
     }
 }
 
-type LoginOutcome = Option<(LoginResponse, Vec<super::points::UserEvent>)>;
+/// Logs in with a code: finds or creates the user and starts a session.
+pub struct Login<'a> {
+    pub phone: &'a str,
+    pub code: &'a str,
+    pub key: &'a CodeKey,
+    /// Development only: a code that is always accepted.
+    pub dev_code: Option<&'a str>,
+    pub issuer: Issuer<'a>,
+}
 
-async fn login_in(state: &AppState, tx: &mut Tx, phone: &str, code: &str) -> Result<LoginOutcome> {
-    if !check_code(state, tx, phone, code).await? {
-        return Ok(None);
+impl Command for Login<'_> {
+    type Reply = LoginResponse;
+    const NAME: &'static str = "auth.login";
+    const FAILED: ErrorCode = ErrorCode::LoginFailed;
+
+    fn check(&self) -> Result<()> {
+        validate_phone(self.phone)
     }
-    let (user, is_new, events) = find_or_create_user(tx, phone).await?;
-    if user.status != "active" {
-        return Err(Error::Refused(ErrorCode::AccountDisabled));
-    }
-    let session_id = store::auth::create_session(tx, user.user_id).await?;
-    let (access_token, refresh_token) = issue_pair(state, tx, user.user_id, session_id).await?;
-    Ok(Some((
-        LoginResponse {
+
+    async fn run(&self, tx: &mut Tx, ctx: &mut Ctx) -> Result<Done<LoginResponse>> {
+        if !check_code(tx, self.key, self.dev_code, self.phone, self.code).await? {
+            // A wrong code: the attempt it counted commits, the login fails.
+            return Ok(Done {
+                reply: Err(Error::Refused(ErrorCode::WrongCode)),
+                effects: Default::default(),
+            });
+        }
+        let (user, is_new, events) = find_or_create_user(tx, self.phone, ctx).await?;
+        if user.status != UserStatus::Active {
+            return Err(Error::Refused(ErrorCode::AccountDisabled));
+        }
+        let session_id = store::auth::create_session(tx, user.user_id).await?;
+        let (access_token, refresh_token) =
+            self.issuer.pair(tx, ctx, user.user_id, session_id).await?;
+        Ok(Done::new(LoginResponse {
             access_token,
             refresh_token,
-            expires_in: state.keys.access_ttl().as_secs(),
-            user_info: user_info(&user),
+            expires_in: self.issuer.keys.access_ttl().as_secs(),
+            user_info: info_of(&user),
             is_new_user: is_new,
-        },
-        events,
-    )))
+        })
+        .with(|e| e.events = events))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -263,89 +291,134 @@ pub struct TokenPair {
 
 /// Rotates a refresh token. Each is single use: presenting one that was
 /// already used means it was stolen or replayed, so the whole session is
-/// revoked and its sockets are closed.
-#[instrument(skip_all)]
-pub async fn refresh(state: &AppState, token: &str) -> Result<TokenPair> {
-    if token.is_empty() || token.len() > 128 {
-        return Err(Error::Refused(ErrorCode::RefreshTokenInvalid));
-    }
-    let hash = hash_token(token);
-    let mut tx = state.db.begin().await?;
-    let Some(row) = store::auth::lock_refresh(&mut tx, &hash).await? else {
-        return Err(Error::Refused(ErrorCode::RefreshTokenInvalid));
-    };
-    if row.used {
-        store::auth::revoke_session(&mut tx, row.session_id, "refresh_reuse").await?;
-        tx.commit().await?;
-        tracing::warn!(
-            user_id = row.user_id,
-            session_id = row.session_id,
-            "refresh token reused; session revoked"
-        );
-        state
-            .hub
-            .close_session(row.user_id, row.session_id, close::AUTH_EXPIRED);
-        return Err(Error::Refused(ErrorCode::RefreshTokenReused));
-    }
-    if row.session_revoked || row.expired {
-        return Err(Error::Refused(ErrorCode::RefreshTokenInvalid));
-    }
-    if let Some(s) = store::auth::session_state(&state.db, row.session_id, row.user_id).await?
-        && s.user_status != "active"
-    {
-        return Err(Error::Refused(ErrorCode::AccountDisabled));
-    }
-    store::auth::mark_refresh_used(&mut tx, &hash).await?;
-    let (access_token, refresh_token) =
-        issue_pair(state, &mut tx, row.user_id, row.session_id).await?;
-    tx.commit().await?;
-    Ok(TokenPair {
-        access_token,
-        refresh_token,
-        expires_in: state.keys.access_ttl().as_secs(),
-    })
+/// revoked (committed) and its sockets are closed, and the caller is told.
+pub struct Refresh<'a> {
+    pub token: &'a str,
+    pub issuer: Issuer<'a>,
 }
 
-/// Revokes the caller's session: its refresh tokens stop working, its
-/// access tokens are refused, and its sockets close with 4001.
-#[instrument(skip_all)]
-pub async fn logout(state: &AppState, auth: &AuthUser) -> Result<()> {
-    let mut tx = state.db.begin().await?;
-    store::auth::revoke_session(&mut tx, auth.session_id, "logout").await?;
-    tx.commit().await?;
-    state
-        .hub
-        .close_session(auth.user_id, auth.session_id, close::AUTH_EXPIRED);
-    Ok(())
+impl Command for Refresh<'_> {
+    type Reply = TokenPair;
+    const NAME: &'static str = "auth.refresh";
+
+    fn check(&self) -> Result<()> {
+        if self.token.is_empty() || self.token.len() > 128 {
+            return Err(Error::Refused(ErrorCode::RefreshTokenInvalid));
+        }
+        Ok(())
+    }
+
+    async fn run(&self, tx: &mut Tx, ctx: &mut Ctx) -> Result<Done<TokenPair>> {
+        let hash = hash_token(self.token);
+        let Some(row) = store::auth::lock_refresh(tx, &hash).await? else {
+            return Err(Error::Refused(ErrorCode::RefreshTokenInvalid));
+        };
+        if row.used {
+            store::auth::revoke_session(tx, row.session_id, "refresh_reuse").await?;
+            tracing::warn!(
+                user_id = %row.user_id,
+                session_id = %row.session_id,
+                "refresh token reused; session revoked"
+            );
+            return Ok(Done {
+                reply: Err(Error::Refused(ErrorCode::RefreshTokenReused)),
+                effects: Default::default(),
+            }
+            .with(|e| {
+                e.closes.push(CloseSockets {
+                    user_id: row.user_id,
+                    session: Some(row.session_id),
+                    code: close::AUTH_EXPIRED,
+                })
+            }));
+        }
+        if row.session_revoked || row.expired {
+            return Err(Error::Refused(ErrorCode::RefreshTokenInvalid));
+        }
+        if row.user_status != UserStatus::Active {
+            return Err(Error::Refused(ErrorCode::AccountDisabled));
+        }
+        store::auth::mark_refresh_used(tx, &hash).await?;
+        let (access_token, refresh_token) = self
+            .issuer
+            .pair(tx, ctx, row.user_id, row.session_id)
+            .await?;
+        Ok(Done::new(TokenPair {
+            access_token,
+            refresh_token,
+            expires_in: self.issuer.keys.access_ttl().as_secs(),
+        }))
+    }
+}
+
+/// Revokes the caller's session — or, with `all`, every session of the
+/// user — and closes the sockets that belong to them.
+pub struct Logout {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub all: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoggedOut {
+    pub logged_out: bool,
+    /// How many sessions this ended.
+    pub sessions: usize,
+}
+
+impl Command for Logout {
+    type Reply = LoggedOut;
+    const NAME: &'static str = "auth.logout";
+
+    async fn run(&self, tx: &mut Tx, _: &mut Ctx) -> Result<Done<LoggedOut>> {
+        let (sessions, session) = if self.all {
+            let ended = store::auth::revoke_user_sessions(tx, self.user_id, "logout_all").await?;
+            (ended.len(), None)
+        } else {
+            store::auth::revoke_session(tx, self.session_id, "logout").await?;
+            (1, Some(self.session_id))
+        };
+        Ok(Done::new(LoggedOut {
+            logged_out: true,
+            sessions,
+        })
+        .with(|e| {
+            e.closes.push(CloseSockets {
+                user_id: self.user_id,
+                session,
+                code: close::AUTH_EXPIRED,
+            })
+        }))
+    }
 }
 
 /// An authenticated caller: a valid access token whose session is live and
 /// whose user is active.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
-    pub user_id: u64,
-    pub session_id: u64,
+    pub user_id: UserId,
+    pub session_id: SessionId,
     pub is_merchant: bool,
     /// Expiry of the access token (unix seconds).
     pub expires_at: i64,
 }
 
 /// Verifies an access token and that its session and user may act.
-pub async fn authorize(state: &AppState, token: &str) -> Result<AuthUser> {
-    let access = state.keys.verify_access(token).map_err(Error::Refused)?;
-    Ok(check_session(state, access).await?.0)
+pub async fn authorize(keys: &TokenKeys, db: &MySqlPool, token: &str) -> Result<AuthUser> {
+    let access = keys.verify_access(token).map_err(Error::Refused)?;
+    Ok(check_session(db, access).await?.0)
 }
 
 /// The database half of `authorize`: the token's session must be live and
 /// its user active. Also returns the user's balance and newest event seq.
-pub async fn check_session(state: &AppState, access: Access) -> Result<(AuthUser, i64, u64)> {
-    let session = store::auth::session_state(&state.db, access.session_id, access.user_id)
+pub async fn check_session(db: &MySqlPool, access: Access) -> Result<(AuthUser, i64, u64)> {
+    let session = store::auth::session_state(db, access.session_id, access.user_id)
         .await?
         .ok_or(Error::Refused(ErrorCode::TokenInvalid))?;
     if session.revoked {
         return Err(Error::Refused(ErrorCode::TokenInvalid));
     }
-    if session.user_status != "active" {
+    if session.user_status != UserStatus::Active {
         return Err(Error::Refused(ErrorCode::AccountDisabled));
     }
     let user = AuthUser {
@@ -355,32 +428,4 @@ pub async fn check_session(state: &AppState, access: Access) -> Result<(AuthUser
         expires_at: access.expires_at,
     };
     Ok((user, session.total_points, session.last_seq))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn phones_follow_the_contract_pattern_over_ascii_only() {
-        assert!(validate_phone("13800138001").is_ok());
-        assert!(validate_phone("19912345678").is_ok());
-        for bad in [
-            "12800138001",
-            "1380013800",
-            "138001380011",
-            "13800138001\n",
-            "１３８００１３８００１",
-            "1380013800١",
-            "+8613800138001",
-            "",
-        ] {
-            assert!(validate_phone(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn mobiles_are_masked() {
-        assert_eq!(mask_mobile("13800138001"), "138****8001");
-    }
 }

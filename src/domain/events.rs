@@ -1,31 +1,31 @@
 //! Replaying a user's missed events after a reconnect.
 
-use protocol::SyncResult;
+use protocol::{SyncResult, UserId};
+use sqlx::MySqlPool;
 
 use crate::error::{Error, Result};
-use crate::state::AppState;
 use crate::store;
 
 /// Events after `since`, in `seq` order, with the summary reply. When the
-/// events are no longer all kept (pruned, or more than the replay limit) or
-/// `since` is ahead of the user's newest event, the answer is 7005 with
+/// events are no longer all kept (pruned, or more than `limit`) or `since`
+/// is ahead of the user's newest event, the answer is 7005 with
 /// `{"reset": true, "last_seq"}` and the client reloads over REST.
 pub async fn replay(
-    state: &AppState,
-    user_id: u64,
+    db: &MySqlPool,
+    user_id: UserId,
     since: u64,
+    limit: u32,
 ) -> Result<(Vec<(u64, String)>, SyncResult)> {
-    let limit = state.config.sync_replay_limit;
-    let events = store::events::after(&state.db, user_id, since, limit + 1).await?;
+    let events = store::events::after(db, user_id, since, limit + 1).await?;
     let too_many = events.len() > limit as usize;
     let gap = events.first().is_some_and(|(seq, _)| *seq != since + 1);
     if too_many || gap {
         return Err(Error::SyncTooOld {
-            last_seq: last_seq(state, user_id).await?,
+            last_seq: last_seq(db, user_id).await?,
         });
     }
     if events.is_empty() {
-        let last = last_seq(state, user_id).await?;
+        let last = last_seq(db, user_id).await?;
         if since > last {
             return Err(Error::SyncTooOld { last_seq: last });
         }
@@ -39,8 +39,8 @@ pub async fn replay(
     Ok((events, summary))
 }
 
-async fn last_seq(state: &AppState, user_id: u64) -> Result<u64> {
-    Ok(store::users::points_and_seq(&state.db, user_id)
+async fn last_seq(db: &MySqlPool, user_id: UserId) -> Result<u64> {
+    Ok(store::users::points_and_seq(db, user_id)
         .await?
         .map(|(_, seq)| seq)
         .unwrap_or(0))

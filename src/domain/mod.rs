@@ -65,6 +65,11 @@ pub trait Command: Send + Sync {
     /// The contract's code when it fails inside (1000, 3000, 4000, …).
     const FAILED: ErrorCode = ErrorCode::Internal;
 
+    /// Checks of the input alone, made before any transaction begins.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// For a keyed command: what a stored result must match for a retried
     /// key to replay it (the command and its body).
     fn fingerprint(&self) -> String {
@@ -73,7 +78,11 @@ pub trait Command: Send + Sync {
 
     /// Runs once. `Err` rolls everything back; `Ok` commits, even when the
     /// reply itself is a refusal (a wrong code counts its attempt).
-    fn run(&self, tx: &mut Tx, ctx: &mut Ctx) -> impl Future<Output = Result<Done<Self::Reply>>> + Send;
+    fn run(
+        &self,
+        tx: &mut Tx,
+        ctx: &mut Ctx,
+    ) -> impl Future<Output = Result<Done<Self::Reply>>> + Send;
 }
 
 /// What a committed command answers and what it changed for others.
@@ -163,6 +172,30 @@ pub struct AuditEntry {
     pub before: Option<serde_json::Value>,
     pub after: Option<serde_json::Value>,
     pub reason: Option<String>,
+    /// Points the action moved, if any (merchant budgets are summed on it).
+    pub points: Option<i64>,
+}
+
+/// A client-chosen key that makes a command safe to retry: the REST
+/// `Idempotency-Key` header or the socket command's `id`.
+#[derive(Debug, Clone)]
+pub struct IdemKey(String);
+
+impl IdemKey {
+    pub fn parse(s: &str) -> Result<IdemKey> {
+        if protocol::frames::is_valid_id(s) {
+            Ok(IdemKey(s.to_string()))
+        } else {
+            Err(crate::error::Error::invalid(
+                "Idempotency-Key",
+                "须为 1 到 64 个 A-Za-z0-9_-:. 字符",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// An event frame's text: `{"type","seq"?,"data"}`.

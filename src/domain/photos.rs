@@ -1,194 +1,197 @@
-//! Receipt photos: upload, the guest's history, the merchant's review, and
-//! the merchant's statistics.
+//! Receipt photos: recording an upload (within the guest's quotas), the
+//! guest's history, the merchant's queue, the review, and the statistics.
 
-use bytes::Bytes;
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, DurationRound, Utc};
 use protocol::{
-    Counts, ErrorCode, Money, ReviewItem, ReviewOutcome, ReviewRequest, ReviewResult, Reviews,
-    Statistics, Upload, UploadResult, Uploads, event,
+    ConnectionSample, Counts, ErrorCode, HourStat, HourlyStatistics, Money, ReviewAction,
+    ReviewItem, ReviewOutcome, ReviewQueueUpdate, ReviewResult, ReviewStatus, Reviews, Source,
+    Statistics, Upload, UploadId, UploadResult, Uploads, UserId, event,
 };
-use tracing::instrument;
+use sqlx::MySqlPool;
 
-use super::auth::{AuthUser, mask_mobile};
-use super::points::{Account, source};
-use super::{Page, now_rfc3339, to_rfc3339};
+use super::account::Account;
+use super::{Audience, AuditEntry, Broadcast, Command, Ctx, Done, rfc3339, stored_rfc3339};
 use crate::error::{Error, Result};
-use crate::state::AppState;
-use crate::store::{self, photos::UploadRow};
+use crate::rules::calendar::day_start;
+use crate::rules::input::{estimated_points, mask_mobile};
+use crate::rules::paging::Page;
+use crate::rules::review::{AwardCaps, Decision, decide};
+use crate::storage::ImageUrls;
+use crate::store::{self, Tx, photos::UploadRow};
 
-/// The most points one receipt can earn: the largest amount (9 999.99)
-/// times ten. Approvals are bounded by it.
-pub const MAX_REVIEW_POINTS: i64 = 99_999;
-pub const STATUSES: [&str; 3] = ["pending", "approved", "rejected"];
 pub const KEY_PREFIX: &str = "receipts";
 
-/// An amount as the contract allows it: ASCII digits, at most two decimal
-/// places, 0.01–9 999.99. Returns hundredths.
-pub fn parse_amount(s: &str) -> Result<u32> {
-    let bad = || Error::Refused(ErrorCode::InvalidAmount);
-    let (whole, frac) = match s.split_once('.') {
-        Some((w, f)) => (w, f),
-        None => (s, ""),
-    };
-    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || whole.len() > 4 || !digits(whole) || frac.len() > 2 || !digits(frac) {
-        return Err(bad());
-    }
-    if s.ends_with('.') {
-        return Err(bad());
-    }
-    let whole: u32 = whole.parse().map_err(|_| bad())?;
-    let frac: u32 = format!("{frac:0<2}").parse().map_err(|_| bad())?;
-    let cents = whole * 100 + frac;
-    if !(1..=999_999).contains(&cents) {
-        return Err(bad());
-    }
-    Ok(cents)
+/// How much one guest may upload (see `UPLOAD_*` in `.env.example`).
+#[derive(Debug, Clone, Copy)]
+pub struct UploadQuotas {
+    pub per_day: u32,
+    pub pending: u32,
+    pub bytes_per_day: u64,
 }
 
-/// `floor(amount × 10)`.
-pub fn estimated_points(cents: u32) -> u32 {
-    cents / 10
+impl UploadQuotas {
+    /// Refuses when one more upload of `size` bytes would pass a quota.
+    pub fn check(&self, usage: &store::photos::Usage, size: u64) -> Result<()> {
+        if usage.pending >= self.pending as i64 {
+            return Err(Error::Refused(ErrorCode::TooManyPending));
+        }
+        if usage.today >= self.per_day as i64
+            || usage.today_bytes as u64 + size > self.bytes_per_day
+        {
+            return Err(Error::Refused(ErrorCode::UploadQuotaReached));
+        }
+        Ok(())
+    }
 }
 
-/// What the image is, decided by its bytes (never by its name).
-pub struct ImageKind {
-    pub content_type: &'static str,
-    pub extension: &'static str,
+/// Where a guest stands against the quotas now (read before an upload is
+/// received, so a guest over quota sends no bytes for nothing; the upload's
+/// own transaction checks again under the guest's lock).
+pub async fn precheck(
+    db: &MySqlPool,
+    user_id: UserId,
+    quotas: UploadQuotas,
+    now: DateTime<Utc>,
+    utc_offset_minutes: i32,
+) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let usage = store::photos::usage(&mut tx, user_id, day_start(now, utc_offset_minutes)).await?;
+    tx.rollback().await?;
+    quotas.check(&usage, 0)
+}
+
+/// A stored, sanitized image to record as a pending upload.
+pub struct RecordUpload<'a> {
+    pub user_id: UserId,
+    pub upload_id: &'a UploadId,
+    pub storage_key: &'a str,
+    pub content_type: &'a str,
+    pub size_bytes: u64,
     pub width: u32,
     pub height: u32,
+    pub amount_cents: u32,
+    pub quotas: UploadQuotas,
+    pub utc_offset_minutes: i32,
+    pub urls: &'a ImageUrls,
 }
 
-pub fn sniff_image(bytes: &[u8]) -> Result<ImageKind> {
-    let (content_type, extension) = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        ("image/jpeg", "jpg")
-    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        ("image/png", "png")
-    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-        ("image/webp", "webp")
-    } else {
-        return Err(Error::Refused(ErrorCode::UnsupportedImage));
-    };
-    // The header must also parse to real dimensions: a magic number alone
-    // in front of anything else is not an image.
-    let size =
-        imagesize::blob_size(bytes).map_err(|_| Error::Refused(ErrorCode::UnsupportedImage))?;
-    if size.width == 0 || size.height == 0 {
-        return Err(Error::Refused(ErrorCode::UnsupportedImage));
+impl Command for RecordUpload<'_> {
+    type Reply = UploadResult;
+    const NAME: &'static str = "photo.upload";
+    const FAILED: ErrorCode = ErrorCode::UploadFailed;
+
+    /// The guest's row is locked first, so two uploads of one guest check
+    /// the quotas one after the other and neither slips past them.
+    async fn run(&self, tx: &mut Tx, ctx: &mut Ctx) -> Result<Done<UploadResult>> {
+        Account::lock(tx, self.user_id).await?;
+        let usage = store::photos::usage(
+            tx,
+            self.user_id,
+            day_start(ctx.now, self.utc_offset_minutes),
+        )
+        .await?;
+        self.quotas.check(&usage, self.size_bytes)?;
+        let estimate = estimated_points(self.amount_cents);
+        store::photos::insert(
+            tx,
+            &store::photos::NewUpload {
+                upload_id: self.upload_id,
+                user_id: self.user_id,
+                storage_key: self.storage_key,
+                content_type: self.content_type,
+                size_bytes: self.size_bytes,
+                width: self.width,
+                height: self.height,
+                amount_cents: self.amount_cents,
+                estimated_points: estimate,
+            },
+        )
+        .await?;
+        let queued = Broadcast::new(
+            Audience::Merchants,
+            event::REVIEW_QUEUE,
+            &ReviewQueueUpdate {
+                upload_id: self.upload_id.clone(),
+                status: ReviewStatus::Pending,
+                user_id: self.user_id,
+                amount: Money(self.amount_cents as i64),
+                estimated_points: estimate as i64,
+                points_awarded: None,
+                created_at: rfc3339(ctx.now),
+            },
+        );
+        Ok(Done::new(UploadResult {
+            upload_id: self.upload_id.clone(),
+            image_url: self.urls.url(self.storage_key, ctx.now),
+            estimated_points: estimate as i64,
+            review_status: ReviewStatus::Pending,
+            message: "上传成功，请等待审核".into(),
+        })
+        .with(|e| e.broadcasts.push(queued)))
     }
-    Ok(ImageKind {
-        content_type,
-        extension,
-        width: size.width as u32,
-        height: size.height as u32,
-    })
 }
 
-/// Stores the image under a server-chosen key, then the row. If the row
-/// cannot be written the image is deleted again; an image whose row never
-/// came (the process died in between) is removed by the orphan sweep.
-#[instrument(skip_all, fields(user_id = user.user_id))]
-pub async fn upload(
-    state: &AppState,
-    user: &AuthUser,
-    image: Option<Bytes>,
-    amount: Option<&str>,
-) -> Result<UploadResult> {
-    let image = image
-        .filter(|b| !b.is_empty())
-        .ok_or(Error::Refused(ErrorCode::NoImage))?;
-    let cents = parse_amount(amount.unwrap_or(""))?;
-    let kind = sniff_image(&image)?;
-    let upload_id = ulid::Ulid::new().to_string();
-    let now = Utc::now();
-    let key = format!(
-        "{KEY_PREFIX}/{}/{upload_id}.{}",
-        now.format("%Y/%m"),
-        kind.extension
-    );
-    let size = image.len() as u32;
-    state
-        .storage
-        .put(&key, image)
-        .await
-        .map_err(|e| Error::internal(ErrorCode::UploadFailed, e))?;
-    let row = store::photos::NewUpload {
-        upload_id: &upload_id,
-        user_id: user.user_id,
-        storage_key: &key,
-        content_type: kind.content_type,
-        size_bytes: size,
-        width: kind.width,
-        height: kind.height,
-        amount_cents: cents,
-        estimated_points: estimated_points(cents),
-    };
-    if let Err(e) = store::photos::insert(&state.db, &row).await {
-        if let Err(del) = state.storage.delete(&key).await {
-            tracing::warn!(%key, error = %del, "could not delete the image of a failed upload; the sweep will");
-        }
-        return Err(Error::from(e).during(ErrorCode::UploadFailed));
-    }
-    Ok(UploadResult {
-        upload_id,
-        image_url: state.storage.url(&key),
-        estimated_points: estimated_points(cents) as i64,
-        review_status: "pending".into(),
-        message: "上传成功，请等待审核".into(),
-    })
-}
-
-fn parse_status(status: Option<&str>) -> Result<Option<&str>> {
+/// `status` of the list filters: absent, empty or `all` for every status.
+pub fn parse_status(status: Option<&str>) -> Result<Option<ReviewStatus>> {
     match status {
         None | Some("") | Some("all") => Ok(None),
-        Some(s) if STATUSES.contains(&s) => Ok(Some(s)),
-        Some(_) => Err(Error::Invalid(
-            "status must be pending, approved or rejected".into(),
-        )),
+        Some(s) => ReviewStatus::parse(s).map(Some).ok_or_else(|| {
+            Error::invalid("status", format!("须为 {} 或 all", ReviewStatus::names()))
+        }),
     }
 }
 
-fn upload_view(state: &AppState, r: UploadRow) -> Upload {
+fn upload_view(urls: &ImageUrls, now: DateTime<Utc>, r: UploadRow) -> Upload {
     Upload {
-        image_url: state.storage.url(&r.storage_key),
+        image_url: urls.url(&r.storage_key, now),
         upload_id: r.upload_id,
         amount: Money(r.amount_cents as i64),
         estimated_points: r.estimated_points as i64,
         review_status: r.review_status,
         points_awarded: r.points_awarded.map(i64::from),
         review_reason: r.review_reason,
-        created_at: to_rfc3339(r.created_at),
-        reviewed_at: r.reviewed_at.map(to_rfc3339),
+        created_at: stored_rfc3339(r.created_at),
+        reviewed_at: r.reviewed_at.map(stored_rfc3339),
     }
 }
 
 pub async fn history(
-    state: &AppState,
-    user_id: u64,
+    db: &MySqlPool,
+    urls: &ImageUrls,
+    user_id: UserId,
     status: Option<&str>,
     page: Page,
 ) -> Result<Uploads> {
     let status = parse_status(status)?;
     let (rows, total) =
-        store::photos::page(&state.db, Some(user_id), status, page.size, page.offset()).await?;
+        store::photos::page(db, Some(user_id), status, page.size, page.offset()).await?;
+    let now = Utc::now();
     Ok(Uploads {
-        uploads: rows.into_iter().map(|r| upload_view(state, r)).collect(),
+        uploads: rows
+            .into_iter()
+            .map(|r| upload_view(urls, now, r))
+            .collect(),
         pagination: page.pagination(total),
     })
 }
 
 /// The review queue: pending first, oldest first (or one status).
-pub async fn reviews(state: &AppState, status: Option<&str>, page: Page) -> Result<Reviews> {
+pub async fn reviews(
+    db: &MySqlPool,
+    urls: &ImageUrls,
+    status: Option<&str>,
+    page: Page,
+) -> Result<Reviews> {
     let status = parse_status(status)?;
-    let (rows, total) =
-        store::photos::page(&state.db, None, status, page.size, page.offset()).await?;
+    let (rows, total) = store::photos::page(db, None, status, page.size, page.offset()).await?;
+    let now = Utc::now();
     Ok(Reviews {
         reviews: rows
             .into_iter()
             .map(|r| ReviewItem {
                 user_id: r.user_id,
                 user_mobile: mask_mobile(&r.mobile),
-                upload: upload_view(state, r),
+                upload: upload_view(urls, now, r),
             })
             .collect(),
         pagination: page.pagination(total),
@@ -199,126 +202,140 @@ pub async fn reviews(state: &AppState, status: Option<&str>, page: Page) -> Resu
 ///
 /// Invariants the transaction protects:
 /// - the upload's row is locked before its status is read, so of two
-///   merchants reviewing it at once one wins and the other gets 6004;
+///   merchants reviewing it at once one wins and the other gets 6004 —
+///   whatever the second one's body says;
+/// - a merchant never reviews their own upload (6001);
+/// - an approval awards at most the cap for its receipt;
 /// - the credit, its ledger row, the `review_result` and `points_update`
-///   events (consecutive seqs, in that order) and the upload's new status
-///   commit together.
-#[instrument(skip_all, fields(merchant_id = merchant.user_id))]
-pub async fn review(
-    state: &AppState,
-    merchant: &AuthUser,
-    req: ReviewRequest,
-) -> Result<ReviewOutcome> {
-    let approve = match req.action.as_str() {
-        "approve" => true,
-        "reject" => false,
-        _ => return Err(Error::Invalid("action must be approve or reject".into())),
-    };
-    let reason = req.reason.as_deref().map(str::trim).unwrap_or("");
-    if reason.chars().count() > 255 {
-        return Err(Error::Invalid(
-            "reason must be at most 255 characters".into(),
-        ));
-    }
-    if !approve && reason.is_empty() {
-        return Err(Error::Invalid("a rejection needs a reason".into()));
-    }
-    if let Some(p) = req.points
-        && (!approve || !(1..=MAX_REVIEW_POINTS).contains(&p))
-    {
-        return Err(Error::Invalid(if approve {
-            format!("points must be 1 to {MAX_REVIEW_POINTS}")
-        } else {
-            "a rejection awards no points".into()
-        }));
-    }
-    if req.upload_id.is_empty() || req.upload_id.len() > 64 {
-        return Err(Error::Refused(ErrorCode::NotFound));
-    }
-
-    let mut tx = state
-        .db
-        .begin()
-        .await
-        .map_err(|e| Error::from(e).during(ErrorCode::ReviewFailed))?;
-    let upload = store::photos::lock(&mut tx, &req.upload_id)
-        .await?
-        .ok_or(Error::Refused(ErrorCode::NotFound))?;
-    if upload.review_status != "pending" {
-        return Err(Error::AlreadyReviewed {
-            current_status: upload.review_status,
-        });
-    }
-    let points = if approve {
-        req.points.unwrap_or(upload.estimated_points as i64).max(0)
-    } else {
-        0
-    };
-    let (status, default_reason) = if approve {
-        ("approved", "审核通过")
-    } else {
-        ("rejected", "")
-    };
-    let reason = if reason.is_empty() {
-        default_reason
-    } else {
-        reason
-    };
-
-    let mut account = Account::lock(&mut tx, upload.user_id).await?;
-    account.add_event(
-        event::REVIEW_RESULT,
-        &ReviewResult {
-            upload_id: upload.upload_id.clone(),
-            status: status.into(),
-            points_awarded: points,
-            reason: reason.into(),
-            timestamp: now_rfc3339(),
-        },
-    )?;
-    account.earn(
-        points,
-        source::PHOTO_UPLOAD,
-        format!(
-            "拍照审核通过奖励 - {}元消费",
-            Money(upload.amount_cents as i64)
-        ),
-        Some(upload.upload_id.clone()),
-    );
-    let balance = account.balance();
-    let events = account
-        .save(&mut tx, "拍照审核奖励", source::PHOTO_UPLOAD)
-        .await?;
-    store::photos::mark_reviewed(
-        &mut tx,
-        &upload.upload_id,
-        status,
-        approve.then_some(points as u32),
-        reason,
-        merchant.user_id,
-    )
-    .await?;
-    tx.commit()
-        .await
-        .map_err(|e| Error::from(e).during(ErrorCode::ReviewFailed))?;
-    state.hub.deliver(&events);
-    Ok(ReviewOutcome {
-        upload_id: upload.upload_id,
-        action: req.action,
-        points_awarded: points,
-        user_new_balance: balance,
-    })
+///   events (consecutive seqs, in that order), the upload's new status and
+///   the audit entry commit together.
+pub struct Review<'a> {
+    pub merchant: UserId,
+    pub upload_id: &'a str,
+    pub action: &'a str,
+    pub points: Option<i64>,
+    pub reason: Option<&'a str>,
+    pub caps: AwardCaps,
 }
 
-pub async fn statistics(state: &AppState) -> Result<Statistics> {
-    let offset = ChronoDuration::minutes(state.config.business_utc_offset_minutes as i64);
-    let local_midnight = (Utc::now() + offset)
-        .date_naive()
-        .and_time(chrono::NaiveTime::MIN);
-    let today_start = local_midnight - offset;
-    let today = store::photos::counts_since(&state.db, today_start).await?;
-    let overall =
-        store::photos::counts_since(&state.db, chrono::DateTime::UNIX_EPOCH.naive_utc()).await?;
+impl Command for Review<'_> {
+    type Reply = ReviewOutcome;
+    const NAME: &'static str = "review";
+    const FAILED: ErrorCode = ErrorCode::ReviewFailed;
+
+    async fn run(&self, tx: &mut Tx, ctx: &mut Ctx) -> Result<Done<ReviewOutcome>> {
+        if self.upload_id.is_empty() || self.upload_id.len() > 64 {
+            return Err(Error::Refused(ErrorCode::NotFound));
+        }
+        let upload = store::photos::lock(tx, self.upload_id)
+            .await?
+            .ok_or(Error::Refused(ErrorCode::NotFound))?;
+        if upload.review_status != ReviewStatus::Pending {
+            return Err(Error::AlreadyReviewed {
+                current_status: upload.review_status,
+            });
+        }
+        if upload.user_id == self.merchant {
+            return Err(Error::Refused(ErrorCode::OwnUpload));
+        }
+        let action = ReviewAction::parse(self.action)
+            .ok_or_else(|| Error::invalid("action", format!("须为 {}", ReviewAction::names())))?;
+        let decision = decide(
+            action,
+            self.points,
+            self.reason,
+            upload.estimated_points as i64,
+            self.caps,
+        )?;
+        let points = decision.points();
+        let status = match decision {
+            Decision::Approve { .. } => ReviewStatus::Approved,
+            Decision::Reject { .. } => ReviewStatus::Rejected,
+        };
+
+        let mut account = Account::lock(tx, upload.user_id).await?;
+        account.add_event(
+            event::REVIEW_RESULT,
+            &ReviewResult {
+                upload_id: upload.upload_id.clone(),
+                status,
+                points_awarded: points,
+                reason: decision.reason().into(),
+                timestamp: rfc3339(ctx.now),
+            },
+        );
+        account.earn(
+            points,
+            Source::PhotoUpload,
+            format!(
+                "拍照审核通过奖励 - {}元消费",
+                Money(upload.amount_cents as i64)
+            ),
+            Some(upload.upload_id.to_string()),
+        );
+        let balance = account.balance();
+        let events = account
+            .save(tx, "拍照审核奖励", Source::PhotoUpload, ctx.now)
+            .await?;
+        store::photos::mark_reviewed(
+            tx,
+            &upload.upload_id,
+            status,
+            (status == ReviewStatus::Approved).then_some(points as u32),
+            decision.reason(),
+            self.merchant,
+        )
+        .await?;
+        let audit = AuditEntry {
+            actor_id: self.merchant,
+            action: match action {
+                ReviewAction::Approve => "review.approve",
+                ReviewAction::Reject => "review.reject",
+            },
+            target: format!("upload:{}", upload.upload_id),
+            before: Some(
+                serde_json::json!({ "status": upload.review_status, "estimated_points": upload.estimated_points }),
+            ),
+            after: Some(serde_json::json!({ "status": status, "points_awarded": points })),
+            reason: Some(decision.reason().to_string()),
+            points: Some(points),
+        };
+        let left_queue = Broadcast::new(
+            Audience::Merchants,
+            event::REVIEW_QUEUE,
+            &ReviewQueueUpdate {
+                upload_id: upload.upload_id.clone(),
+                status,
+                user_id: upload.user_id,
+                amount: Money(upload.amount_cents as i64),
+                estimated_points: upload.estimated_points as i64,
+                points_awarded: Some(points),
+                created_at: stored_rfc3339(upload.created_at),
+            },
+        );
+        Ok(Done::new(ReviewOutcome {
+            upload_id: upload.upload_id,
+            action,
+            points_awarded: points,
+            user_new_balance: balance,
+        })
+        .with(|e| {
+            e.events = events;
+            e.audit.push(audit);
+            e.broadcasts.push(left_queue);
+        }))
+    }
+}
+
+/// Today's (business day) and overall counts, with this instance's sockets.
+pub async fn statistics(
+    db: &MySqlPool,
+    utc_offset_minutes: i32,
+    live_connections: u64,
+    live_users: u64,
+) -> Result<Statistics> {
+    let today = store::photos::counts_since(db, day_start(Utc::now(), utc_offset_minutes)).await?;
+    let overall = store::photos::counts_since(db, chrono::DateTime::UNIX_EPOCH.naive_utc()).await?;
     let counts = |c: store::photos::CountsRow| Counts {
         uploads: c.uploads as u64,
         pending: c.pending as u64,
@@ -332,50 +349,40 @@ pub async fn statistics(state: &AppState) -> Result<Statistics> {
     Ok(Statistics {
         today: counts(today),
         overall: counts(overall),
-        live_connections: state.hub.connections() as u64,
-        live_users: state.hub.users() as u64,
+        live_connections,
+        live_users,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub const MAX_HOURS: u32 = 24 * 7;
 
-    #[test]
-    fn amounts_follow_the_contract() {
-        assert_eq!(parse_amount("0.01").unwrap(), 1);
-        assert_eq!(parse_amount("12.5").unwrap(), 1250);
-        assert_eq!(parse_amount("9999.99").unwrap(), 999_999);
-        assert_eq!(parse_amount("88").unwrap(), 8800);
-        for bad in [
-            "", "abc", "NaN", "0.001", "0", "0.00", "10000", "-1", "+1", "1e3", "1.", ".5", "１２",
-            " 1", "1,5", "inf",
-        ] {
-            assert!(parse_amount(bad).is_err(), "{bad:?} accepted");
-        }
+/// Activity per hour over the last `hours` (every hour listed, zeros
+/// included), with the connection samples the caller keeps.
+pub async fn hourly(
+    db: &MySqlPool,
+    hours: u32,
+    connections: Vec<ConnectionSample>,
+) -> Result<HourlyStatistics> {
+    let hours = hours.clamp(1, MAX_HOURS);
+    let now = Utc::now();
+    let first = now.duration_trunc(ChronoDuration::hours(1)).unwrap_or(now)
+        - ChronoDuration::hours(hours as i64 - 1);
+    let rows = store::photos::hourly(db, first.naive_utc()).await?;
+    let mut out = Vec::with_capacity(hours as usize);
+    for h in 0..hours {
+        let at = first + ChronoDuration::hours(h as i64);
+        let row = rows.iter().find(|r| r.hour == at.naive_utc());
+        out.push(HourStat {
+            hour: rfc3339(at),
+            draws: row.map_or(0, |r| r.draws as u64),
+            exchanges: row.map_or(0, |r| r.exchanges as u64),
+            points_awarded: row.map_or(0, |r| r.points_awarded as u64),
+            uploads: row.map_or(0, |r| r.uploads as u64),
+        });
     }
-
-    #[test]
-    fn points_are_the_floor_of_ten_times_the_amount() {
-        assert_eq!(estimated_points(1), 0);
-        assert_eq!(estimated_points(1250), 125);
-        assert_eq!(estimated_points(1259), 125);
-        assert_eq!(estimated_points(999_999), 99_999);
-    }
-
-    #[test]
-    fn images_are_recognised_by_their_bytes() {
-        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x02\0\0\0\x03\x08\x02\0\0\0";
-        let k = sniff_image(png).unwrap();
-        assert_eq!((k.content_type, k.width, k.height), ("image/png", 2, 3));
-        assert!(sniff_image(b"hello, I am text pretending to be a png").is_err());
-        assert!(
-            sniff_image(b"\x89PNG\r\n\x1a\n").is_err(),
-            "a bare signature is not an image"
-        );
-        assert!(
-            sniff_image(b"GIF89a\x01\0\x01\0").is_err(),
-            "GIF is not accepted"
-        );
-    }
+    let since = rfc3339(first);
+    Ok(HourlyStatistics {
+        hours: out,
+        connections: connections.into_iter().filter(|s| s.at >= since).collect(),
+    })
 }

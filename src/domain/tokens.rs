@@ -2,9 +2,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use protocol::ErrorCode;
+use protocol::{ErrorCode, SessionId, UserId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -25,8 +26,8 @@ pub struct Claims {
 /// What a verified access token says.
 #[derive(Debug, Clone, Copy)]
 pub struct Access {
-    pub user_id: u64,
-    pub session_id: u64,
+    pub user_id: UserId,
+    pub session_id: SessionId,
     pub expires_at: i64,
 }
 
@@ -55,12 +56,17 @@ impl TokenKeys {
     }
 
     /// Signs an access token; returns it with its expiry (unix seconds).
-    pub fn issue_access(&self, user_id: u64, session_id: u64) -> (String, i64) {
-        let now = chrono::Utc::now().timestamp();
+    pub fn issue_access(
+        &self,
+        user_id: UserId,
+        session_id: SessionId,
+        now: DateTime<Utc>,
+    ) -> (String, i64) {
+        let now = now.timestamp();
         let exp = now + self.access_ttl.as_secs() as i64;
         let claims = Claims {
             sub: user_id.to_string(),
-            sid: session_id,
+            sid: session_id.0,
             iat: now,
             exp,
             typ: "access".into(),
@@ -73,12 +79,13 @@ impl TokenKeys {
     pub fn verify_access(&self, token: &str) -> Result<Access, ErrorCode> {
         match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
             Ok(data) if data.claims.typ == "access" => Ok(Access {
-                user_id: data
-                    .claims
-                    .sub
-                    .parse()
-                    .map_err(|_| ErrorCode::TokenInvalid)?,
-                session_id: data.claims.sid,
+                user_id: UserId(
+                    data.claims
+                        .sub
+                        .parse()
+                        .map_err(|_| ErrorCode::TokenInvalid)?,
+                ),
+                session_id: SessionId(data.claims.sid),
                 expires_at: data.claims.exp,
             }),
             Ok(_) => Err(ErrorCode::TokenInvalid),
@@ -108,9 +115,9 @@ mod tests {
     #[test]
     fn a_token_verifies_with_its_key_and_not_another() {
         let keys = TokenKeys::new("k".repeat(32).as_str(), Duration::from_secs(60));
-        let (t, _) = keys.issue_access(7, 3);
+        let (t, _) = keys.issue_access(UserId(7), SessionId(3), Utc::now());
         let c = keys.verify_access(&t).unwrap();
-        assert_eq!((c.user_id, c.session_id), (7, 3));
+        assert_eq!((c.user_id, c.session_id), (UserId(7), SessionId(3)));
         let other = TokenKeys::new("x".repeat(32).as_str(), Duration::from_secs(60));
         assert_eq!(
             other.verify_access(&t).unwrap_err(),

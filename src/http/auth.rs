@@ -6,12 +6,10 @@ use axum::routing::{get, post};
 use protocol::VerifyResponse;
 use serde::Deserialize;
 
-use super::extract::ApiJson;
-use crate::domain::auth::{self, AuthUser};
-use crate::error::{Envelope, Error, Result};
-use crate::state::AppState;
-use crate::store;
-use protocol::ErrorCode;
+use super::extract::{ApiJson, ClientIp, OptionalJson};
+use crate::app::AppState;
+use crate::domain::auth::{self, AuthUser, IssuedCode, LoggedOut, Logout, TokenPair};
+use crate::error::{Envelope, Result};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -38,43 +36,61 @@ struct RefreshBody {
     refresh_token: String,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LogoutBody {
+    /// Sign out everywhere: every session of the user.
+    #[serde(default)]
+    all: bool,
+}
+
 async fn send_code(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<PhoneBody>,
-) -> Result<Envelope<auth::SendCodeResult>> {
-    Ok(Envelope(auth::send_code(&state, &body.phone).await?))
+) -> Result<Envelope<IssuedCode>> {
+    Ok(Envelope(state.send_code(ip, &body.phone).await?))
 }
 
 async fn login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Envelope<protocol::LoginResponse>> {
-    Ok(Envelope(
-        auth::login(&state, &body.phone, &body.code).await?,
-    ))
+    let resp = state.login(ip, &body.phone, &body.code).await?;
+    tracing::Span::current().record("user_id", resp.user_info.user_id.0);
+    Ok(Envelope(resp))
 }
 
 async fn refresh(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<RefreshBody>,
-) -> Result<Envelope<auth::TokenPair>> {
-    Ok(Envelope(auth::refresh(&state, &body.refresh_token).await?))
+) -> Result<Envelope<TokenPair>> {
+    Ok(Envelope(state.refresh(ip, &body.refresh_token).await?))
 }
 
 async fn verify(State(state): State<AppState>, user: AuthUser) -> Result<Envelope<VerifyResponse>> {
-    let row = store::users::find(&state.db, user.user_id)
-        .await?
-        .ok_or(Error::Refused(ErrorCode::TokenInvalid))?;
     Ok(Envelope(VerifyResponse {
         valid: true,
-        user_info: auth::user_info(&row),
+        user_info: auth::user_info(&state.db, user.user_id).await?,
     }))
 }
 
 async fn logout(
     State(state): State<AppState>,
     user: AuthUser,
-) -> Result<Envelope<serde_json::Value>> {
-    auth::logout(&state, &user).await?;
-    Ok(Envelope(serde_json::json!({ "logged_out": true })))
+    OptionalJson(body): OptionalJson<LogoutBody>,
+) -> Result<Envelope<LoggedOut>> {
+    let all = body.unwrap_or_default().all;
+    Ok(Envelope(
+        state
+            .runner
+            .run(&Logout {
+                user_id: user.user_id,
+                session_id: user.session_id,
+                all,
+            })
+            .await?,
+    ))
 }

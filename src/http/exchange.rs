@@ -2,15 +2,14 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use protocol::{ExchangeRequest, Orders, Products};
 
 use super::extract::{ApiJson, ApiQuery, IdempotencyKey, ListQuery};
+use crate::app::AppState;
 use crate::domain::auth::AuthUser;
 use crate::domain::exchange;
-use crate::error::{Envelope, RawEnvelope, Result};
-use crate::state::AppState;
+use crate::error::{DataJson, Envelope, Result};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -26,7 +25,7 @@ async fn products(
 ) -> Result<Envelope<Products>> {
     let page = q.page()?;
     Ok(Envelope(
-        exchange::products(&state, q.category.as_deref(), page, true).await?,
+        exchange::products(&state.db, q.category.as_deref(), page, true).await?,
     ))
 }
 
@@ -35,16 +34,10 @@ async fn submit(
     user: AuthUser,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(req): ApiJson<ExchangeRequest>,
-) -> Result<Response> {
-    let data = exchange::submit(
-        &state,
-        user.user_id,
-        req.product_id,
-        req.quantity,
-        key.as_ref(),
-    )
-    .await?;
-    Ok(RawEnvelope(data.0).into_response())
+) -> Result<DataJson> {
+    state
+        .submit_exchange(user.user_id, req.product_id, req.quantity, key.as_ref())
+        .await
 }
 
 async fn orders(
@@ -53,6 +46,6 @@ async fn orders(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<Orders>> {
     Ok(Envelope(
-        exchange::orders(&state, user.user_id, q.page()?).await?,
+        exchange::orders(&state.db, user.user_id, q.page()?).await?,
     ))
 }

@@ -2,15 +2,14 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use protocol::{DrawRecords, DrawRequest, LotteryConfigView};
 
 use super::extract::{ApiJson, ApiQuery, IdempotencyKey, ListQuery};
+use crate::app::AppState;
 use crate::domain::auth::AuthUser;
 use crate::domain::lottery;
-use crate::error::{Envelope, RawEnvelope, Result};
-use crate::state::AppState;
+use crate::error::{DataJson, Envelope, Result};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -23,7 +22,9 @@ async fn config(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Envelope<LotteryConfigView>> {
-    Ok(Envelope(lottery::config_view(&state, user.user_id).await?))
+    Ok(Envelope(
+        lottery::config_view(&state.db, &state.wheel(), user.user_id).await?,
+    ))
 }
 
 async fn draw(
@@ -31,9 +32,8 @@ async fn draw(
     user: AuthUser,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(req): ApiJson<DrawRequest>,
-) -> Result<Response> {
-    let data = lottery::draw(&state, user.user_id, req.draw_count, key.as_ref()).await?;
-    Ok(RawEnvelope(data.0).into_response())
+) -> Result<DataJson> {
+    state.draw(user.user_id, req.draw_count, key.as_ref()).await
 }
 
 async fn records(
@@ -42,6 +42,6 @@ async fn records(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<DrawRecords>> {
     Ok(Envelope(
-        lottery::records(&state, user.user_id, q.page()?).await?,
+        lottery::records(&state.db, user.user_id, q.page()?).await?,
     ))
 }

@@ -1,19 +1,27 @@
 //! `/api/merchant/*`: tools for users with `is_merchant` (others get 403).
+//! Every change is audited, in its own transaction.
 
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::{get, post, put};
-use protocol::{LotterySettings, PointsAdjustment};
 use protocol::{
-    Product, Products, Redemption, ReviewOutcome, ReviewRequest, Reviews, Statistics, StockChanges,
+    AuditLog, HourlyStatistics, LotterySettings, PointsAdjustment, Prizes, Product, Products,
+    Redemption, ReviewOutcome, ReviewRequest, Reviews, Statistics, StockChanges, UserId,
 };
 use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiQuery, ListQuery, MerchantUser};
-use crate::domain::exchange::{self, ProductInput, StockRequest};
-use crate::domain::{lottery, photos, points};
-use crate::error::{Envelope, Error, Result};
-use crate::state::AppState;
+use crate::app::AppState;
+use crate::domain::audit;
+use crate::domain::exchange::{
+    self, ChangeStock, CreateProduct, ProductInput, Redeem, StockRequest, UpdateProduct,
+    parse_product_path,
+};
+use crate::domain::lottery::{self, SettingsPatch, UpdatePrizes, UpdateSettings};
+use crate::domain::photos::{self, Review};
+use crate::domain::points::{AdjustLimits, AdminAdjust};
+use crate::error::{Envelope, Result};
+use crate::rules::review::AwardCaps;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -25,17 +33,14 @@ pub fn routes() -> Router<AppState> {
         .route("/reviews", get(reviews))
         .route("/review", post(review))
         .route("/statistics", get(statistics))
+        .route("/statistics/hourly", get(hourly))
         .route("/points/adjust", post(adjust_points))
         .route(
             "/lottery/settings",
             get(lottery_settings).put(update_lottery_settings),
         )
-}
-
-/// A path id that is not a number is a bad parameter, not a 404 page.
-fn id(raw: &str) -> Result<u64> {
-    raw.parse()
-        .map_err(|_| Error::Invalid("the product id must be a positive integer".into()))
+        .route("/lottery/prizes", get(prizes).put(update_prizes))
+        .route("/audit-log", get(audit_log))
 }
 
 async fn list_products(
@@ -45,7 +50,7 @@ async fn list_products(
 ) -> Result<Envelope<Products>> {
     let page = q.page()?;
     Ok(Envelope(
-        exchange::products(&state, q.category.as_deref(), page, false).await?,
+        exchange::products(&state.db, q.category.as_deref(), page, false).await?,
     ))
 }
 
@@ -54,7 +59,11 @@ async fn create_product(
     MerchantUser(m): MerchantUser,
     ApiJson(input): ApiJson<ProductInput>,
 ) -> Result<Envelope<Product>> {
-    Ok(Envelope(exchange::create_product(&state, &m, input).await?))
+    let cmd = CreateProduct {
+        merchant: m.user_id,
+        input,
+    };
+    Ok(Envelope(state.runner.run(&cmd).await?))
 }
 
 async fn update_product(
@@ -63,20 +72,26 @@ async fn update_product(
     Path(raw): Path<String>,
     ApiJson(input): ApiJson<ProductInput>,
 ) -> Result<Envelope<Product>> {
-    Ok(Envelope(
-        exchange::update_product(&state, &m, id(&raw)?, input).await?,
-    ))
+    let cmd = UpdateProduct {
+        merchant: m.user_id,
+        product_id: parse_product_path(&raw)?,
+        input,
+    };
+    Ok(Envelope(state.runner.run(&cmd).await?))
 }
 
 async fn change_stock(
     State(state): State<AppState>,
     MerchantUser(m): MerchantUser,
     Path(raw): Path<String>,
-    ApiJson(req): ApiJson<StockRequest>,
+    ApiJson(request): ApiJson<StockRequest>,
 ) -> Result<Envelope<Product>> {
-    Ok(Envelope(
-        exchange::change_stock(&state, &m, id(&raw)?, req).await?,
-    ))
+    let cmd = ChangeStock {
+        merchant: m.user_id,
+        product_id: parse_product_path(&raw)?,
+        request,
+    };
+    Ok(Envelope(state.runner.run(&cmd).await?))
 }
 
 async fn stock_changes(
@@ -86,7 +101,7 @@ async fn stock_changes(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<StockChanges>> {
     Ok(Envelope(
-        exchange::stock_changes(&state, id(&raw)?, q.page()?).await?,
+        exchange::stock_changes(&state.db, parse_product_path(&raw)?, q.page()?).await?,
     ))
 }
 
@@ -100,9 +115,11 @@ async fn redeem(
     MerchantUser(m): MerchantUser,
     ApiJson(body): ApiJson<RedeemBody>,
 ) -> Result<Envelope<Redemption>> {
-    Ok(Envelope(
-        exchange::redeem(&state, &m, &body.exchange_code).await?,
-    ))
+    let cmd = Redeem {
+        merchant: m.user_id,
+        code: &body.exchange_code,
+    };
+    Ok(Envelope(state.runner.run(&cmd).await?))
 }
 
 async fn reviews(
@@ -112,7 +129,7 @@ async fn reviews(
 ) -> Result<Envelope<Reviews>> {
     let page = q.page()?;
     Ok(Envelope(
-        photos::reviews(&state, q.status.as_deref(), page).await?,
+        photos::reviews(&state.db, &state.urls, q.status.as_deref(), page).await?,
     ))
 }
 
@@ -121,20 +138,51 @@ async fn review(
     MerchantUser(m): MerchantUser,
     ApiJson(req): ApiJson<ReviewRequest>,
 ) -> Result<Envelope<ReviewOutcome>> {
-    Ok(Envelope(photos::review(&state, &m, req).await?))
+    let c = &state.config;
+    let cmd = Review {
+        merchant: m.user_id,
+        upload_id: &req.upload_id,
+        action: &req.action,
+        points: req.points,
+        reason: req.reason.as_deref(),
+        caps: AwardCaps {
+            multiplier: c.review_award_multiplier,
+            max: c.review_award_max,
+        },
+    };
+    Ok(Envelope(state.runner.run(&cmd).await?))
 }
 
 async fn statistics(
     State(state): State<AppState>,
     _m: MerchantUser,
 ) -> Result<Envelope<Statistics>> {
-    Ok(Envelope(photos::statistics(&state).await?))
+    Ok(Envelope(
+        photos::statistics(
+            &state.db,
+            state.config.business_utc_offset_minutes,
+            state.hub.connections() as u64,
+            state.hub.users() as u64,
+        )
+        .await?,
+    ))
+}
+
+async fn hourly(
+    State(state): State<AppState>,
+    _m: MerchantUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Envelope<HourlyStatistics>> {
+    let hours = q.hours.map_or(24, |h| h.0);
+    Ok(Envelope(
+        photos::hourly(&state.db, hours, state.connection_history()).await?,
+    ))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AdjustBody {
-    user_id: u64,
+    user_id: UserId,
     points: i64,
     reason: String,
 }
@@ -144,29 +192,70 @@ async fn adjust_points(
     MerchantUser(m): MerchantUser,
     ApiJson(body): ApiJson<AdjustBody>,
 ) -> Result<Envelope<PointsAdjustment>> {
-    Ok(Envelope(
-        points::admin_adjust(&state, &m, body.user_id, body.points, &body.reason).await?,
-    ))
+    let c = &state.config;
+    let cmd = AdminAdjust {
+        merchant: m.user_id,
+        user_id: body.user_id,
+        points: body.points,
+        reason: &body.reason,
+        limits: AdjustLimits {
+            per_call: c.adjust_max_per_call,
+            per_day: c.adjust_max_per_day,
+        },
+        utc_offset_minutes: c.business_utc_offset_minutes,
+    };
+    Ok(Envelope(state.runner.run(&cmd).await?))
 }
 
 async fn lottery_settings(
     State(state): State<AppState>,
     _m: MerchantUser,
 ) -> Result<Envelope<LotterySettings>> {
-    let (settings, _) = crate::store::lottery::load(&state.db).await?;
-    let s = settings.ok_or(Error::Refused(protocol::ErrorCode::LotteryUnavailable))?;
-    Ok(Envelope(LotterySettings {
-        cost_points: s.cost_points,
-        pity_threshold: s.pity_threshold,
-        daily_limit: s.daily_limit,
-        version: s.version,
-    }))
+    Ok(Envelope(lottery::settings(&state.db).await?))
 }
 
 async fn update_lottery_settings(
     State(state): State<AppState>,
-    _m: MerchantUser,
-    ApiJson(patch): ApiJson<lottery::SettingsPatch>,
+    MerchantUser(m): MerchantUser,
+    ApiJson(patch): ApiJson<SettingsPatch>,
 ) -> Result<Envelope<LotterySettings>> {
-    Ok(Envelope(lottery::update_settings(&state, patch).await?))
+    let cmd = UpdateSettings {
+        merchant: m.user_id,
+        patch,
+    };
+    let settings = state.runner.run(&cmd).await?;
+    state.reload_wheel().await?;
+    Ok(Envelope(settings))
+}
+
+async fn prizes(State(state): State<AppState>, _m: MerchantUser) -> Result<Envelope<Prizes>> {
+    Ok(Envelope(lottery::prizes(&state.db).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrizesBody {
+    prizes: Vec<protocol::PrizeAdmin>,
+}
+
+async fn update_prizes(
+    State(state): State<AppState>,
+    MerchantUser(m): MerchantUser,
+    ApiJson(body): ApiJson<PrizesBody>,
+) -> Result<Envelope<Prizes>> {
+    let cmd = UpdatePrizes {
+        merchant: m.user_id,
+        prizes: body.prizes,
+    };
+    let prizes = state.runner.run(&cmd).await?;
+    state.reload_wheel().await?;
+    Ok(Envelope(prizes))
+}
+
+async fn audit_log(
+    State(state): State<AppState>,
+    _m: MerchantUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Envelope<AuditLog>> {
+    Ok(Envelope(audit::log(&state.db, q.page()?).await?))
 }

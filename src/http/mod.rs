@@ -10,6 +10,7 @@ mod merchant;
 mod ops;
 mod photo;
 mod user;
+mod web;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -18,15 +19,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use protocol::ErrorCode;
-use std::sync::atomic::Ordering;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
 
+use crate::app::AppState;
 use crate::error::{Error, ErrorCause};
-use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/healthz", get(ops::health))
         .route("/metrics", get(ops::metrics))
+        .merge(web::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -105,7 +106,7 @@ fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
 async fn log_errors(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     if let Some(ErrorCause(cause)) = res.extensions().get::<ErrorCause>() {
-        state.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
+        state.metrics.http_errors.inc();
         if res.status().is_server_error() {
             tracing::error!(status = res.status().as_u16(), %cause, "request failed");
         } else {

@@ -5,11 +5,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use std::fmt::Write;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::state::AppState;
+use crate::app::AppState;
 
 /// 200 when healthy or degraded (the wheel's configuration is invalid, so
 /// draws are refused but everything else works), 503 when the database
@@ -63,69 +61,19 @@ pub async fn health(State(state): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// Prometheus text format.
+/// OpenMetrics text (Prometheus reads it).
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    metric(
-        "points_ws_connections",
-        "gauge",
-        "Live WebSocket connections.",
-        state.hub.connections() as u64,
-    );
-    metric(
-        "points_ws_users",
-        "gauge",
-        "Users with at least one live socket.",
-        state.hub.users() as u64,
-    );
-    metric(
-        "points_ws_accepted_total",
-        "counter",
-        "WebSocket connections accepted.",
-        m.ws_accepted.load(Ordering::Relaxed),
-    );
-    metric(
-        "points_ws_commands_total",
-        "counter",
-        "Socket commands run.",
-        m.ws_commands.load(Ordering::Relaxed),
-    );
-    metric(
-        "points_ws_slow_closes_total",
-        "counter",
-        "Sockets closed for not reading their events.",
-        m.slow_socket_closes.load(Ordering::Relaxed),
-    );
-    metric(
-        "points_draws_total",
-        "counter",
-        "Prizes drawn.",
-        m.draws.load(Ordering::Relaxed),
-    );
-    metric(
-        "points_logins_total",
-        "counter",
-        "Successful logins.",
-        m.logins.load(Ordering::Relaxed),
-    );
-    metric(
-        "points_http_errors_total",
-        "counter",
-        "HTTP responses with a non-zero code.",
-        m.http_errors.load(Ordering::Relaxed),
-    );
-    metric(
-        "points_db_pool_size",
-        "gauge",
-        "Open database connections.",
-        state.db.size() as u64,
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    m.ws_connections.set(state.hub.connections() as i64);
+    m.ws_users.set(state.hub.users() as i64);
+    m.db_pool_size.set(state.db.size() as i64);
+    m.db_pool_idle.set(state.db.num_idle() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
 }

@@ -3,14 +3,13 @@
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use protocol::{ErrorCode, PointsRecord, PointsRecords, UserInfo};
+use protocol::{EntryKind, PointsRecord, PointsRecords, Source, UserInfo};
 
 use super::extract::{ApiQuery, ListQuery};
+use crate::app::AppState;
 use crate::domain::auth::{self, AuthUser};
-use crate::domain::points::source;
-use crate::domain::to_rfc3339;
+use crate::domain::stored_rfc3339;
 use crate::error::{Envelope, Error, Result};
-use crate::state::AppState;
 use crate::store;
 
 pub fn routes() -> Router<AppState> {
@@ -20,10 +19,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn info(State(state): State<AppState>, user: AuthUser) -> Result<Envelope<UserInfo>> {
-    let row = store::users::find(&state.db, user.user_id)
-        .await?
-        .ok_or(Error::Refused(ErrorCode::TokenInvalid))?;
-    Ok(Envelope(auth::user_info(&row)))
+    Ok(Envelope(auth::user_info(&state.db, user.user_id).await?))
 }
 
 async fn points_records(
@@ -32,20 +28,19 @@ async fn points_records(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Envelope<PointsRecords>> {
     let page = q.page()?;
-    let kind = match q.kind.as_deref() {
-        None | Some("") | Some("all") => None,
-        Some(k @ ("earn" | "spend")) => Some(k),
-        Some(_) => return Err(Error::Invalid("type must be all, earn or spend".into())),
-    };
+    let kind =
+        match q.kind.as_deref() {
+            None | Some("") | Some("all") => None,
+            Some(k) => Some(EntryKind::parse(k).ok_or_else(|| {
+                Error::invalid("type", format!("须为 all、{}", EntryKind::names()))
+            })?),
+        };
     let src = match q.source.as_deref() {
         None | Some("") => None,
-        Some(s) if source::ALL.contains(&s) => Some(s),
-        Some(_) => {
-            return Err(Error::Invalid(format!(
-                "source must be one of {}",
-                source::ALL.join(", ")
-            )));
-        }
+        Some(s) => Some(
+            Source::parse(s)
+                .ok_or_else(|| Error::invalid("source", format!("须为 {}", Source::names())))?,
+        ),
     };
     let (rows, total) =
         store::ledger::page(&state.db, user.user_id, kind, src, page.size, page.offset()).await?;
@@ -60,7 +55,7 @@ async fn points_records(
                 source: r.source,
                 description: r.description,
                 related_id: r.related_id,
-                created_at: to_rfc3339(r.created_at),
+                created_at: stored_rfc3339(r.created_at),
             })
             .collect(),
         pagination: page.pagination(total),

@@ -6,13 +6,13 @@
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
-use crate::domain::points::UserEvent;
-use protocol::close;
+use crate::domain::{Audience, Broadcast, UserEvent};
+use protocol::{ProductId, SessionId, UserId, close};
 
 /// A frame waiting for its socket's task to write it.
 #[derive(Debug, Clone)]
@@ -93,6 +93,9 @@ impl Outbox {
 pub struct Conn {
     /// Unique within this process; tells a user's sockets apart.
     pub id: u64,
+    /// Merchant sockets also get the review queue's events (set when the
+    /// socket is admitted, after its session was read).
+    pub merchant: AtomicBool,
     /// The login session whose token opened (or last refreshed) the socket;
     /// revoking the session closes it.
     pub session_id: AtomicU64,
@@ -101,11 +104,11 @@ pub struct Conn {
 
 pub struct Hub {
     /// Sockets per user, oldest first.
-    users: DashMap<u64, Vec<Arc<Conn>>>,
-    /// The newest version broadcast per key (product): an older broadcast that
-    /// lost a race to a newer one is dropped, so no socket ever sees a stock
-    /// go back to an older value.
-    versions: DashMap<u64, u64>,
+    users: DashMap<UserId, Vec<Arc<Conn>>>,
+    /// The newest stock version broadcast per product: an older broadcast
+    /// that lost a race to a newer one is dropped, so no socket ever sees a
+    /// stock go back to an older value.
+    versions: DashMap<ProductId, u64>,
     /// Live sockets in all (kept beside the map so reading it locks nothing).
     total: AtomicUsize,
     next_id: AtomicU64,
@@ -128,18 +131,24 @@ impl Hub {
     /// Adds a socket for `user_id` and admits it: when the user already
     /// holds the maximum, the oldest is closed with 4002. Dropping the
     /// registration removes it.
-    pub fn register(self: &Arc<Self>, user_id: u64, session_id: u64) -> Registration {
+    pub fn register(
+        self: &Arc<Self>,
+        user_id: UserId,
+        session_id: SessionId,
+        merchant: bool,
+    ) -> Registration {
         let reg = self.join(user_id, session_id);
-        reg.admit();
+        reg.admit(merchant);
         reg
     }
 
     /// Adds a socket that receives its user's events from now on, without
     /// yet counting against the user's cap (see `Registration::admit`).
-    pub fn join(self: &Arc<Self>, user_id: u64, session_id: u64) -> Registration {
+    pub fn join(self: &Arc<Self>, user_id: UserId, session_id: SessionId) -> Registration {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            session_id: AtomicU64::new(session_id),
+            merchant: AtomicBool::new(false),
+            session_id: AtomicU64::new(session_id.0),
             outbox: Outbox::new(self.outbox_capacity),
         });
         self.users.entry(user_id).or_default().push(conn.clone());
@@ -151,7 +160,7 @@ impl Hub {
         }
     }
 
-    fn unregister(&self, user_id: u64, conn_id: u64) {
+    fn unregister(&self, user_id: UserId, conn_id: u64) {
         // Drops the user's entry with their last socket.
         self.users.remove_if_mut(&user_id, |_, conns| {
             conns.retain(|c| c.id != conn_id);
@@ -160,7 +169,7 @@ impl Hub {
         self.total.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn sockets_of(&self, user_id: u64) -> Vec<Arc<Conn>> {
+    fn sockets_of(&self, user_id: UserId) -> Vec<Arc<Conn>> {
         self.users
             .get(&user_id)
             .map(|c| c.clone())
@@ -180,13 +189,16 @@ impl Hub {
         }
     }
 
-    /// Queues `frame` into every outbox, walking the map in place (a shard
-    /// is read-locked only while its sockets are queued to; nothing is
-    /// cloned per socket). Returns how many took it.
-    fn push_all(&self, frame: &Utf8Bytes) -> usize {
+    /// Queues `frame` into every outbox of `audience`, walking the map in
+    /// place (a shard is read-locked only while its sockets are queued to;
+    /// nothing is cloned per socket). Returns how many took it.
+    fn push_all(&self, audience: Audience, frame: &Utf8Bytes) -> usize {
         let mut taken = 0;
         for entry in self.users.iter() {
             for c in entry.value() {
+                if audience == Audience::Merchants && !c.merchant.load(Ordering::Relaxed) {
+                    continue;
+                }
                 if c.outbox.push(Outgoing::Broadcast(frame.clone())) {
                     taken += 1;
                 }
@@ -196,34 +208,33 @@ impl Hub {
     }
 
     /// Sends one frame to every socket; returns how many took it.
-    pub fn broadcast(&self, frame: Utf8Bytes) -> usize {
-        self.push_all(&frame)
+    pub fn broadcast_all(&self, frame: Utf8Bytes) -> usize {
+        self.push_all(Audience::Everyone, &frame)
     }
 
-    /// Like `broadcast`, for a latest-value event: dropped when a newer
-    /// `version` of `key` was already broadcast. The check and the pushes
-    /// happen under the key's entry lock, so two racing broadcasts of one key
-    /// reach every outbox in version order.
-    pub fn broadcast_versioned(&self, key: u64, version: u64, frame: Utf8Bytes) -> usize {
-        let mut newest = self.versions.entry(key).or_insert(0);
-        if *newest >= version {
-            return 0;
-        }
-        *newest = version;
-        self.push_all(&frame)
-    }
-
-    pub fn close_session(&self, user_id: u64, session_id: u64, code: u16) {
-        for c in self.sockets_of(user_id) {
-            if c.session_id.load(Ordering::Relaxed) == session_id {
-                c.outbox.close_with(code);
+    /// Sends a broadcast to its audience. A versioned one (a product's
+    /// stock) is dropped when a newer version of it was already sent; the
+    /// check and the pushes happen under the product's entry lock, so two
+    /// racing broadcasts of one product reach every outbox in order.
+    pub fn broadcast(&self, b: &Broadcast) -> usize {
+        let frame = Utf8Bytes::from(b.frame.clone());
+        match b.version {
+            None => self.push_all(b.audience, &frame),
+            Some((product, version)) => {
+                let mut newest = self.versions.entry(product).or_insert(0);
+                if *newest >= version {
+                    return 0;
+                }
+                *newest = version;
+                self.push_all(b.audience, &frame)
             }
         }
     }
 
-    pub fn close_all(&self, code: u16) {
-        for e in self.users.iter() {
-            for c in e.value() {
+    /// Closes a user's sockets of one session, or all of them.
+    pub fn close_sockets(&self, user_id: UserId, session: Option<SessionId>, code: u16) {
+        for c in self.sockets_of(user_id) {
+            if session.is_none_or(|s| c.session_id.load(Ordering::Relaxed) == s.0) {
                 c.outbox.close_with(code);
             }
         }
@@ -241,14 +252,15 @@ impl Hub {
 /// A socket's place in the hub, held by its task for as long as it runs.
 pub struct Registration {
     hub: Arc<Hub>,
-    pub user_id: u64,
+    pub user_id: UserId,
     pub conn: Arc<Conn>,
 }
 
 impl Registration {
     /// Enforces the per-user cap now that this socket is accepted: the
     /// user's oldest sockets beyond the cap are closed with 4002.
-    pub fn admit(&self) {
+    pub fn admit(&self, merchant: bool) {
+        self.conn.merchant.store(merchant, Ordering::Relaxed);
         if let Some(conns) = self.hub.users.get(&self.user_id) {
             let excess = conns.len().saturating_sub(self.hub.max_per_user);
             for old in conns.iter().filter(|c| c.id != self.conn.id).take(excess) {
@@ -270,7 +282,7 @@ mod tests {
 
     fn event(user_id: u64, seq: u64) -> UserEvent {
         UserEvent {
-            user_id,
+            user_id: UserId(user_id),
             seq,
             kind: "points_update",
             frame: format!(r#"{{"type":"points_update","seq":{seq},"data":{{}}}}"#),
@@ -280,9 +292,9 @@ mod tests {
     #[test]
     fn events_reach_every_socket_of_their_user_only() {
         let hub = Arc::new(Hub::new(5, 8));
-        let a1 = hub.register(1, 10);
-        let a2 = hub.register(1, 11);
-        let b = hub.register(2, 20);
+        let a1 = hub.register(UserId(1), SessionId(10), false);
+        let a2 = hub.register(UserId(1), SessionId(11), false);
+        let b = hub.register(UserId(2), SessionId(20), false);
         hub.deliver(&[event(1, 1)]);
         assert_eq!(a1.conn.outbox.take().len(), 1);
         assert_eq!(a2.conn.outbox.take().len(), 1);
@@ -296,9 +308,9 @@ mod tests {
     #[test]
     fn the_oldest_socket_is_replaced_past_the_cap() {
         let hub = Arc::new(Hub::new(2, 8));
-        let first = hub.register(1, 1);
-        let second = hub.register(1, 1);
-        let third = hub.register(1, 1);
+        let first = hub.register(UserId(1), SessionId(1), false);
+        let second = hub.register(UserId(1), SessionId(1), false);
+        let third = hub.register(UserId(1), SessionId(1), false);
         assert_eq!(first.conn.outbox.close_code(), Some(close::REPLACED));
         assert_eq!(second.conn.outbox.close_code(), None);
         assert_eq!(third.conn.outbox.close_code(), None);
@@ -307,43 +319,57 @@ mod tests {
     #[test]
     fn a_full_outbox_closes_its_socket_and_spares_the_others() {
         let hub = Arc::new(Hub::new(5, 2));
-        let slow = hub.register(1, 1);
-        let fast = hub.register(2, 2);
+        let slow = hub.register(UserId(1), SessionId(1), false);
+        let fast = hub.register(UserId(2), SessionId(2), false);
         for _ in 0..3 {
-            hub.broadcast(Utf8Bytes::from_static("{}"));
+            hub.broadcast_all(Utf8Bytes::from_static("{}"));
             fast.conn.outbox.take();
         }
         assert_eq!(slow.conn.outbox.close_code(), Some(close::TOO_SLOW));
         assert_eq!(fast.conn.outbox.close_code(), None);
-        assert_eq!(hub.broadcast(Utf8Bytes::from_static("{}")), 1);
+        assert_eq!(hub.broadcast_all(Utf8Bytes::from_static("{}")), 1);
+    }
+
+    fn stock(product: u32, version: u64, frame: &str) -> Broadcast {
+        Broadcast {
+            audience: Audience::Everyone,
+            version: Some((ProductId(product), version)),
+            frame: frame.into(),
+        }
     }
 
     #[test]
     fn an_older_version_that_lost_the_race_is_not_broadcast() {
         let hub = Arc::new(Hub::new(5, 8));
-        let s = hub.register(1, 1);
-        assert_eq!(
-            hub.broadcast_versioned(7, 2, Utf8Bytes::from_static("v2")),
-            1
-        );
-        assert_eq!(
-            hub.broadcast_versioned(7, 1, Utf8Bytes::from_static("v1")),
-            0
-        );
-        assert_eq!(
-            hub.broadcast_versioned(8, 1, Utf8Bytes::from_static("other")),
-            1
-        );
+        let s = hub.register(UserId(1), SessionId(1), false);
+        assert_eq!(hub.broadcast(&stock(7, 2, "v2")), 1);
+        assert_eq!(hub.broadcast(&stock(7, 1, "v1")), 0);
+        assert_eq!(hub.broadcast(&stock(8, 1, "other")), 1);
         let got: Vec<_> = s.conn.outbox.take().into_iter().collect();
         assert_eq!(got.len(), 2);
     }
 
     #[test]
+    fn the_review_queue_reaches_merchant_sockets_only() {
+        let hub = Arc::new(Hub::new(5, 8));
+        let guest = hub.register(UserId(1), SessionId(1), false);
+        let merchant = hub.register(UserId(2), SessionId(2), true);
+        let b = Broadcast {
+            audience: Audience::Merchants,
+            version: None,
+            frame: "{}".into(),
+        };
+        assert_eq!(hub.broadcast(&b), 1);
+        assert!(guest.conn.outbox.take().is_empty());
+        assert_eq!(merchant.conn.outbox.take().len(), 1);
+    }
+
+    #[test]
     fn closing_a_session_closes_only_its_sockets() {
         let hub = Arc::new(Hub::new(5, 8));
-        let s1 = hub.register(1, 100);
-        let s2 = hub.register(1, 200);
-        hub.close_session(1, 100, close::AUTH_EXPIRED);
+        let s1 = hub.register(UserId(1), SessionId(100), false);
+        let s2 = hub.register(UserId(1), SessionId(200), false);
+        hub.close_sockets(UserId(1), Some(SessionId(100)), close::AUTH_EXPIRED);
         assert_eq!(s1.conn.outbox.close_code(), Some(close::AUTH_EXPIRED));
         assert_eq!(s2.conn.outbox.close_code(), None);
     }

@@ -6,6 +6,7 @@
 //! 10 000: a pick is one uniform integer in `0..10_000`, with no floating
 //! point anywhere between the published odds and the outcome.
 
+use protocol::{PrizeId, PrizeType};
 use rand::Rng;
 
 /// Weight units per 1.0 of probability.
@@ -13,38 +14,9 @@ pub const UNITS: u32 = 10_000;
 pub const ANGLES: [u16; 8] = [0, 45, 90, 135, 180, 225, 270, 315];
 pub const DRAW_COUNTS: [u32; 3] = [1, 5, 10];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PrizeType {
-    Points,
-    Coupon,
-    Physical,
-    Empty,
-}
-
-impl PrizeType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PrizeType::Points => "points",
-            PrizeType::Coupon => "coupon",
-            PrizeType::Physical => "physical",
-            PrizeType::Empty => "empty",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<PrizeType> {
-        Some(match s {
-            "points" => PrizeType::Points,
-            "coupon" => PrizeType::Coupon,
-            "physical" => PrizeType::Physical,
-            "empty" => PrizeType::Empty,
-            _ => return None,
-        })
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Prize {
-    pub prize_id: u64,
+    pub prize_id: PrizeId,
     pub prize_name: String,
     pub prize_type: PrizeType,
     /// Hundredths; for a `points` prize, points × 100.
@@ -56,8 +28,8 @@ pub struct Prize {
     pub is_activity: bool,
     /// A win for the pity rule; what a forced draw picks from.
     pub is_valuable: bool,
-    /// `None`: unlimited. Stock itself lives in the database and is taken
-    /// transactionally; this only says whether there is a limit.
+    /// Whether the prize has a stock limit. Stock itself lives in the
+    /// database and is taken transactionally; this only says there is one.
     pub limited: bool,
 }
 
@@ -217,54 +189,170 @@ impl WheelConfig {
     }
 }
 
+/// Limits a merchant's wheel settings must stay within: a draw costs real
+/// points, so a cost of 1 (or a guarantee that never comes) is refused.
+pub mod bounds {
+    use std::ops::RangeInclusive;
+
+    pub const COST_POINTS: RangeInclusive<u32> = 10..=10_000;
+    pub const PITY_THRESHOLD: RangeInclusive<u32> = 1..=100;
+    /// 0 means no daily limit.
+    pub const DAILY_LIMIT: RangeInclusive<u32> = 0..=1_000;
+    /// A `points` prize credits at most this many points.
+    pub const PRIZE_POINTS_MAX: i64 = 100_000;
+    /// Face value of any other prize, in hundredths.
+    pub const PRIZE_VALUE_CENTS_MAX: i64 = 1_000_000;
+    pub const PRIZE_STOCK_MAX: i64 = 1_000_000;
+    pub const PRIZE_NAME_CHARS: RangeInclusive<usize> = 1..=20;
+}
+
+/// A prize of the demo wheel, as it is seeded into a development database.
+#[derive(Clone, Copy, Debug)]
+pub struct DemoPrize {
+    pub name: &'static str,
+    pub prize_type: PrizeType,
+    /// Hundredths; for a `points` prize, points × 100.
+    pub value_cents: i64,
+    pub angle: u16,
+    pub color: &'static str,
+    /// Probability × 10 000.
+    pub weight: u32,
+    pub is_activity: bool,
+    pub is_valuable: bool,
+    /// `None`: no stock limit.
+    pub stock: Option<i32>,
+}
+
+#[allow(clippy::too_many_arguments)] // one row of a table, named by the struct it builds
+const fn demo_prize(
+    name: &'static str,
+    prize_type: PrizeType,
+    value_cents: i64,
+    angle: u16,
+    color: &'static str,
+    weight: u32,
+    is_activity: bool,
+    is_valuable: bool,
+    stock: Option<i32>,
+) -> DemoPrize {
+    DemoPrize {
+        name,
+        prize_type,
+        value_cents,
+        angle,
+        color,
+        weight,
+        is_activity,
+        is_valuable,
+        stock,
+    }
+}
+
+/// The demo wheel, in one place: the development seed, the unit tests and
+/// the benches all use it. 30 % valuable; three valuable prizes are limited.
+pub const DEMO_PRIZES: [DemoPrize; 8] = {
+    use PrizeType::*;
+    [
+        demo_prize("谢谢参与", Empty, 0, 0, "#B0BEC5", 3000, false, false, None),
+        demo_prize(
+            "10积分", Points, 1000, 45, "#FFD54F", 2500, false, false, None,
+        ),
+        demo_prize(
+            "50积分", Points, 5000, 90, "#FFB74D", 1500, false, false, None,
+        ),
+        demo_prize(
+            "免费饮品券",
+            Coupon,
+            1500,
+            135,
+            "#4FC3F7",
+            1000,
+            false,
+            true,
+            None,
+        ),
+        demo_prize(
+            "100积分",
+            Points,
+            10_000,
+            180,
+            "#81C784",
+            800,
+            false,
+            true,
+            None,
+        ),
+        demo_prize(
+            "8折优惠券",
+            Coupon,
+            2000,
+            225,
+            "#BA68C8",
+            800,
+            false,
+            true,
+            Some(500),
+        ),
+        demo_prize(
+            "招牌甜品",
+            Physical,
+            3800,
+            270,
+            "#F06292",
+            350,
+            true,
+            true,
+            Some(100),
+        ),
+        demo_prize(
+            "500积分",
+            Points,
+            50_000,
+            315,
+            "#E57373",
+            50,
+            true,
+            true,
+            Some(20),
+        ),
+    ]
+};
+pub const DEMO_COST_POINTS: u32 = 100;
+pub const DEMO_PITY_THRESHOLD: u32 = 10;
+pub const DEMO_DAILY_LIMIT: u32 = 50;
+
+/// The demo wheel as the server holds it (prize ids 1–8 in order).
+pub fn demo() -> WheelConfig {
+    WheelConfig {
+        version: 1,
+        cost_points: DEMO_COST_POINTS as i64,
+        pity_threshold: DEMO_PITY_THRESHOLD,
+        daily_limit: DEMO_DAILY_LIMIT,
+        prizes: DEMO_PRIZES
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Prize {
+                prize_id: PrizeId(i as u32 + 1),
+                prize_name: p.name.to_string(),
+                prize_type: p.prize_type,
+                value_cents: p.value_cents,
+                angle: p.angle,
+                color: p.color.to_string(),
+                weight: p.weight,
+                is_activity: p.is_activity,
+                is_valuable: p.is_valuable,
+                limited: p.stock.is_some(),
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use proptest::prelude::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
-
-    fn prize(
-        id: u64,
-        angle: u16,
-        t: PrizeType,
-        weight: u32,
-        valuable: bool,
-        limited: bool,
-    ) -> Prize {
-        Prize {
-            prize_id: id,
-            prize_name: format!("prize {id}"),
-            prize_type: t,
-            value_cents: if t == PrizeType::Points { 5000 } else { 0 },
-            angle,
-            color: "#FF6B6B".into(),
-            weight,
-            is_activity: false,
-            is_valuable: valuable,
-            limited,
-        }
-    }
-
-    /// The demo wheel's shape: 30 % valuable, two of them limited.
-    pub(crate) fn demo() -> WheelConfig {
-        use PrizeType::*;
-        WheelConfig {
-            version: 1,
-            cost_points: 100,
-            pity_threshold: 10,
-            daily_limit: 50,
-            prizes: vec![
-                prize(1, 0, Empty, 3000, false, false),
-                prize(2, 45, Points, 2500, false, false),
-                prize(3, 90, Points, 1500, false, false),
-                prize(4, 135, Coupon, 1000, true, false),
-                prize(5, 180, Points, 800, true, false),
-                prize(6, 225, Coupon, 800, true, true),
-                prize(7, 270, Physical, 350, true, true),
-                prize(8, 315, Points, 50, true, true),
-            ],
-        }
-    }
 
     #[test]
     fn the_demo_wheel_is_valid() {
@@ -436,5 +524,129 @@ pub(crate) mod tests {
         );
         let f = &c.prizes[c.fallback_index(true)];
         assert!(f.is_valuable && !f.limited);
+    }
+
+    /// Any valid wheel: 8 prizes at the 8 angles, weights summing to 10 000
+    /// (drawn as 7 cut points), at least one unlimited empty prize and one
+    /// unlimited valuable prize with odds above 0, any other flags.
+    fn any_wheel() -> impl Strategy<Value = WheelConfig> {
+        (
+            proptest::collection::vec(0..=UNITS, 7),
+            proptest::collection::vec((any::<bool>(), any::<bool>(), 0u8..4), 8),
+            0usize..8,
+            1u32..=30,
+        )
+            .prop_filter_map(
+                "needs the two guaranteed prizes",
+                |(mut cuts, flags, empty_at, pity)| {
+                    cuts.sort_unstable();
+                    let mut bounds = vec![0];
+                    bounds.extend(cuts);
+                    bounds.push(UNITS);
+                    let weights: Vec<u32> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+                    let prizes: Vec<Prize> = (0..8)
+                        .map(|i| {
+                            let (valuable, limited, kind) = flags[i];
+                            let prize_type = if i == empty_at {
+                                PrizeType::Empty
+                            } else {
+                                [
+                                    PrizeType::Points,
+                                    PrizeType::Coupon,
+                                    PrizeType::Physical,
+                                    PrizeType::Empty,
+                                ][kind as usize]
+                            };
+                            Prize {
+                                prize_id: PrizeId(i as u32 + 1),
+                                prize_name: format!("p{i}"),
+                                prize_type,
+                                value_cents: 100,
+                                angle: ANGLES[i],
+                                color: "#FFFFFF".into(),
+                                weight: weights[i],
+                                is_activity: false,
+                                is_valuable: valuable && prize_type != PrizeType::Empty,
+                                limited: limited && i != empty_at,
+                            }
+                        })
+                        .collect();
+                    let wheel = WheelConfig {
+                        version: 1,
+                        cost_points: 100,
+                        pity_threshold: pity,
+                        daily_limit: 0,
+                        prizes,
+                    };
+                    wheel.validate().is_ok().then_some(wheel)
+                },
+            )
+    }
+
+    proptest! {
+        /// The pity guarantee, for every wheel and every run of luck,
+        /// including limited prizes that run out at any moment: never more
+        /// than `threshold` draws in a row without a valuable prize.
+        #[test]
+        fn no_run_of_misses_is_longer_than_the_threshold(
+            wheel in any_wheel(),
+            seed in any::<u64>(),
+            stock_out in proptest::collection::vec(any::<bool>(), 200),
+        ) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (mut pity, mut streak) = (0u32, 0u32);
+            for out in stock_out {
+                let pick = wheel.pick(pity, &mut rng);
+                let index = if wheel.prizes[pick.index].limited && out {
+                    wheel.fallback_index(pick.forced)
+                } else {
+                    pick.index
+                };
+                if pick.forced {
+                    prop_assert!(wheel.prizes[index].is_valuable, "a forced draw gave a miss");
+                }
+                pity = wheel.next_pity(pity, index);
+                streak = if wheel.prizes[index].is_valuable { 0 } else { streak + 1 };
+                prop_assert!(streak <= wheel.pity_threshold, "{streak} misses in a row");
+                prop_assert_eq!(pity, streak);
+            }
+        }
+
+        /// Published odds sum to exactly 1: the four-decimal figures a guest
+        /// sees add up to 1.0000 for every valid wheel, and any other total
+        /// is refused.
+        #[test]
+        fn published_odds_of_a_valid_wheel_sum_to_exactly_one(wheel in any_wheel()) {
+            let published: u32 = wheel
+                .prizes
+                .iter()
+                .map(|p| {
+                    let text = serde_json::to_string(&protocol::Probability(p.weight)).unwrap();
+                    let (whole, frac) = text.split_once('.').unwrap();
+                    prop_assert_eq!(frac.len(), 4);
+                    Ok(whole.parse::<u32>().unwrap() * UNITS + frac.parse::<u32>().unwrap())
+                })
+                .collect::<Result<Vec<u32>, TestCaseError>>()?
+                .iter()
+                .sum();
+            prop_assert_eq!(published, UNITS);
+        }
+
+        #[test]
+        fn a_wheel_whose_odds_do_not_sum_to_one_is_refused(
+            wheel in any_wheel(),
+            at in 0usize..8,
+            delta in 1u32..=500,
+            up in any::<bool>(),
+        ) {
+            let mut w = wheel;
+            let p = &mut w.prizes[at];
+            if up || p.weight < delta {
+                p.weight += delta;
+            } else {
+                p.weight -= delta;
+            }
+            prop_assert!(w.validate().unwrap_err().contains("sum to exactly 1.0000"));
+        }
     }
 }

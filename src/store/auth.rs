@@ -2,14 +2,15 @@
 
 use super::Tx;
 use chrono::{NaiveDate, NaiveDateTime};
-use sqlx::{FromRow, MySqlPool};
+use protocol::{SessionId, UserId, UserStatus};
+use sqlx::{FromRow, MySqlExecutor, MySqlPool};
 
-pub async fn create_session(tx: &mut Tx, user_id: u64) -> sqlx::Result<u64> {
+pub async fn create_session(tx: &mut Tx, user_id: UserId) -> sqlx::Result<SessionId> {
     let res = sqlx::query("INSERT INTO auth_sessions (user_id) VALUES (?)")
         .bind(user_id)
         .execute(&mut **tx)
         .await?;
-    Ok(res.last_insert_id())
+    Ok(SessionId(res.last_insert_id()))
 }
 
 /// Whether the session may still be used, with the user's status: one read
@@ -17,7 +18,7 @@ pub async fn create_session(tx: &mut Tx, user_id: u64) -> sqlx::Result<u64> {
 #[derive(Debug, FromRow)]
 pub struct SessionState {
     pub revoked: bool,
-    pub user_status: String,
+    pub user_status: UserStatus,
     pub is_merchant: bool,
     /// Read in the same query for a socket's `welcome`, so a reconnect
     /// costs one database read.
@@ -25,10 +26,13 @@ pub struct SessionState {
     pub last_seq: u64,
 }
 
-pub async fn session_state(
-    pool: &MySqlPool,
-    session_id: u64,
-    user_id: u64,
+/// Inside a transaction, pass the transaction: a transaction that waits
+/// for a second pool connection can wait forever once every connection is
+/// held by such a transaction.
+pub async fn session_state<'e>(
+    ex: impl MySqlExecutor<'e>,
+    session_id: SessionId,
+    user_id: UserId,
 ) -> sqlx::Result<Option<SessionState>> {
     sqlx::query_as(
         "SELECT s.revoked_at IS NOT NULL AS revoked, u.status AS user_status, u.is_merchant, \
@@ -38,11 +42,11 @@ pub async fn session_state(
     )
     .bind(session_id)
     .bind(user_id)
-    .fetch_optional(pool)
+    .fetch_optional(ex)
     .await
 }
 
-pub async fn revoke_session(tx: &mut Tx, session_id: u64, reason: &str) -> sqlx::Result<()> {
+pub async fn revoke_session(tx: &mut Tx, session_id: SessionId, reason: &str) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE auth_sessions SET revoked_at = CURRENT_TIMESTAMP(3), revoke_reason = ? \
          WHERE session_id = ? AND revoked_at IS NULL",
@@ -57,10 +61,10 @@ pub async fn revoke_session(tx: &mut Tx, session_id: u64, reason: &str) -> sqlx:
 /// Revokes every live session of a user; returns their ids.
 pub async fn revoke_user_sessions(
     tx: &mut Tx,
-    user_id: u64,
+    user_id: UserId,
     reason: &str,
-) -> sqlx::Result<Vec<u64>> {
-    let ids: Vec<(u64,)> = sqlx::query_as(
+) -> sqlx::Result<Vec<SessionId>> {
+    let ids: Vec<(SessionId,)> = sqlx::query_as(
         "SELECT session_id FROM auth_sessions WHERE user_id = ? AND revoked_at IS NULL FOR UPDATE",
     )
     .bind(user_id)
@@ -80,8 +84,8 @@ pub async fn revoke_user_sessions(
 pub async fn insert_refresh(
     tx: &mut Tx,
     hash: &[u8],
-    session_id: u64,
-    user_id: u64,
+    session_id: SessionId,
+    user_id: UserId,
     expires_at: NaiveDateTime,
 ) -> sqlx::Result<()> {
     sqlx::query(
@@ -98,19 +102,22 @@ pub async fn insert_refresh(
 
 #[derive(Debug, FromRow)]
 pub struct RefreshRow {
-    pub session_id: u64,
-    pub user_id: u64,
+    pub session_id: SessionId,
+    pub user_id: UserId,
     pub expired: bool,
     pub used: bool,
     pub session_revoked: bool,
+    pub user_status: UserStatus,
 }
 
 /// Locks a refresh token (and so serializes two refreshes of it).
 pub async fn lock_refresh(tx: &mut Tx, hash: &[u8]) -> sqlx::Result<Option<RefreshRow>> {
     sqlx::query_as(
         "SELECT r.session_id, r.user_id, r.expires_at < CURRENT_TIMESTAMP(3) AS expired, \
-                r.used_at IS NOT NULL AS used, s.revoked_at IS NOT NULL AS session_revoked \
+                r.used_at IS NOT NULL AS used, s.revoked_at IS NOT NULL AS session_revoked, \
+                u.status AS user_status \
          FROM refresh_tokens r JOIN auth_sessions s ON s.session_id = r.session_id \
+         JOIN users u ON u.user_id = r.user_id \
          WHERE r.token_hash = ? FOR UPDATE",
     )
     .bind(hash)
@@ -145,6 +152,22 @@ pub struct SmsRow {
     pub day_count: u32,
 }
 
+/// Makes sure the phone has a row, so the lock that follows is a record
+/// lock: a locking read of a missing row takes a gap lock instead, and two
+/// new phones in the same gap then deadlock on their inserts.
+pub async fn ensure_sms_row(tx: &mut Tx, phone: &str, day: NaiveDate) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT IGNORE INTO sms_codes (phone, code_hash, sent_at, expires_at, attempts, day, day_count) \
+         VALUES (?, ?, '1970-01-01 00:00:01', '1970-01-01 00:00:01', 0, ?, 0)",
+    )
+    .bind(phone)
+    .bind([0u8; 32].as_slice())
+    .bind(day)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 pub async fn lock_sms(tx: &mut Tx, phone: &str) -> sqlx::Result<Option<SmsRow>> {
     sqlx::query_as(
         "SELECT code_hash, CAST(TIMESTAMPDIFF(SECOND, sent_at, CURRENT_TIMESTAMP(3)) AS SIGNED) AS seconds_since_sent, \
@@ -156,8 +179,8 @@ pub async fn lock_sms(tx: &mut Tx, phone: &str) -> sqlx::Result<Option<SmsRow>> 
     .await
 }
 
-/// Stores a freshly sent code (replacing the previous one).
-pub async fn upsert_sms(
+/// Stores a freshly issued code (replacing the previous one).
+pub async fn store_sms(
     tx: &mut Tx,
     phone: &str,
     hash: &[u8],
@@ -166,16 +189,15 @@ pub async fn upsert_sms(
     day_count: u32,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO sms_codes (phone, code_hash, sent_at, expires_at, attempts, day, day_count) \
-         VALUES (?, ?, CURRENT_TIMESTAMP(3), CURRENT_TIMESTAMP(3) + INTERVAL ? SECOND, 0, ?, ?) \
-         ON DUPLICATE KEY UPDATE code_hash = VALUES(code_hash), sent_at = VALUES(sent_at), \
-           expires_at = VALUES(expires_at), attempts = 0, day = VALUES(day), day_count = VALUES(day_count)",
+        "UPDATE sms_codes SET code_hash = ?, sent_at = CURRENT_TIMESTAMP(3), \
+           expires_at = CURRENT_TIMESTAMP(3) + INTERVAL ? SECOND, attempts = 0, day = ?, day_count = ? \
+         WHERE phone = ?",
     )
-    .bind(phone)
     .bind(hash)
     .bind(ttl_secs)
     .bind(day)
     .bind(day_count)
+    .bind(phone)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -186,6 +208,19 @@ pub async fn count_sms_attempt(tx: &mut Tx, phone: &str) -> sqlx::Result<()> {
         .bind(phone)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+/// A code the provider could not deliver: it was never seen, so it is
+/// expired and does not count against the phone's minute.
+pub async fn withdraw_sms(tx: &mut Tx, phone: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sms_codes SET expires_at = sent_at, sent_at = '1970-01-01 00:00:01', \
+           day_count = GREATEST(day_count, 1) - 1 WHERE phone = ?",
+    )
+    .bind(phone)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

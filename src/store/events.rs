@@ -1,11 +1,12 @@
 //! Durable user events (`user_events`).
 
 use super::Tx;
+use protocol::UserId;
 use sqlx::MySqlPool;
 
 pub async fn insert(
     tx: &mut Tx,
-    user_id: u64,
+    user_id: UserId,
     seq: u64,
     kind: &str,
     frame: &str,
@@ -23,7 +24,7 @@ pub async fn insert(
 /// Events after `since`, oldest first, at most `limit`.
 pub async fn after(
     pool: &MySqlPool,
-    user_id: u64,
+    user_id: UserId,
     since: u64,
     limit: u32,
 ) -> sqlx::Result<Vec<(u64, String)>> {
@@ -40,7 +41,7 @@ pub async fn after(
 /// Events in `(after, upto]`, oldest first.
 pub async fn between(
     pool: &MySqlPool,
-    user_id: u64,
+    user_id: UserId,
     after: u64,
     upto: u64,
 ) -> sqlx::Result<Vec<(u64, String)>> {
@@ -52,17 +53,6 @@ pub async fn between(
     .bind(upto)
     .fetch_all(pool)
     .await
-}
-
-/// The oldest seq still kept for a user (events older than the retention
-/// are deleted), or `None` when the user has none.
-pub async fn oldest_seq(pool: &MySqlPool, user_id: u64) -> sqlx::Result<Option<u64>> {
-    let row: Option<(u64,)> =
-        sqlx::query_as("SELECT seq FROM user_events WHERE user_id = ? ORDER BY seq LIMIT 1")
-            .bind(user_id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|r| r.0))
 }
 
 /// Deletes up to `batch` events older than `days` days; returns how many.

@@ -2,11 +2,12 @@
 
 use super::Tx;
 use chrono::NaiveDateTime;
+use protocol::{OrderStatus, ProductId, ProductStatus, StockOperation, UserId};
 use sqlx::{FromRow, MySqlPool, QueryBuilder};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ProductRow {
-    pub product_id: u32,
+    pub product_id: ProductId,
     pub name: String,
     pub description: String,
     pub category: String,
@@ -14,7 +15,7 @@ pub struct ProductRow {
     pub stock: i32,
     pub stock_version: u64,
     pub image: Option<String>,
-    pub status: String,
+    pub status: ProductStatus,
     pub sales_count: u32,
     pub sort_order: i32,
 }
@@ -22,18 +23,17 @@ pub struct ProductRow {
 const PRODUCT_SELECT: &str = "SELECT product_id, name, description, category, exchange_points, stock, stock_version, \
      image, status, sales_count, sort_order FROM products";
 
-pub async fn product(pool: &MySqlPool, product_id: u32) -> sqlx::Result<Option<ProductRow>> {
-    sqlx::query_as(
-        "SELECT product_id, name, description, category, exchange_points, stock, stock_version, \
-         image, status, sales_count, sort_order FROM products WHERE product_id = ?",
-    )
-    .bind(product_id)
-    .fetch_optional(pool)
-    .await
+pub async fn exists(pool: &MySqlPool, product_id: ProductId) -> sqlx::Result<bool> {
+    let row: Option<(ProductId,)> =
+        sqlx::query_as("SELECT product_id FROM products WHERE product_id = ?")
+            .bind(product_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.is_some())
 }
 
-/// The product as this transaction last changed it.
-pub async fn product_in(tx: &mut Tx, product_id: u32) -> sqlx::Result<Option<ProductRow>> {
+/// Locks a product's row for the rest of the transaction and reads it.
+pub async fn lock_product(tx: &mut Tx, product_id: ProductId) -> sqlx::Result<Option<ProductRow>> {
     sqlx::query_as(
         "SELECT product_id, name, description, category, exchange_points, stock, stock_version, \
          image, status, sales_count, sort_order FROM products WHERE product_id = ? FOR UPDATE",
@@ -77,7 +77,7 @@ pub async fn page_products(
 /// is gone, inactive, repriced or short: the caller reads it to say which.
 pub async fn take_stock(
     tx: &mut Tx,
-    product_id: u32,
+    product_id: ProductId,
     quantity: u32,
     unit_points: u32,
 ) -> sqlx::Result<bool> {
@@ -97,7 +97,7 @@ pub async fn take_stock(
 
 /// Adds `delta` (possibly negative) to the stock unless it would go below
 /// zero. False when the product is missing or the stock too low.
-pub async fn add_stock(tx: &mut Tx, product_id: u32, delta: i64) -> sqlx::Result<bool> {
+pub async fn add_stock(tx: &mut Tx, product_id: ProductId, delta: i64) -> sqlx::Result<bool> {
     let res = sqlx::query(
         "UPDATE products SET stock = stock + ?, stock_version = stock_version + 1 \
          WHERE product_id = ? AND stock + ? >= 0",
@@ -118,11 +118,11 @@ pub struct NewProduct<'a> {
     pub exchange_points: u32,
     pub stock: i32,
     pub image: Option<&'a str>,
-    pub status: &'a str,
+    pub status: ProductStatus,
     pub sort_order: i32,
 }
 
-pub async fn insert_product(tx: &mut Tx, p: &NewProduct<'_>) -> sqlx::Result<u32> {
+pub async fn insert_product(tx: &mut Tx, p: &NewProduct<'_>) -> sqlx::Result<ProductId> {
     let res = sqlx::query(
         "INSERT INTO products (name, description, category, exchange_points, stock, image, status, sort_order) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -137,12 +137,16 @@ pub async fn insert_product(tx: &mut Tx, p: &NewProduct<'_>) -> sqlx::Result<u32
     .bind(p.sort_order)
     .execute(&mut **tx)
     .await?;
-    Ok(res.last_insert_id() as u32)
+    Ok(ProductId(res.last_insert_id() as u32))
 }
 
 /// Writes the editable fields (not stock, which only moves through
 /// `take_stock`/`add_stock` and is audited).
-pub async fn update_product(tx: &mut Tx, product_id: u32, p: &NewProduct<'_>) -> sqlx::Result<()> {
+pub async fn update_product(
+    tx: &mut Tx,
+    product_id: ProductId,
+    p: &NewProduct<'_>,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE products SET name = ?, description = ?, category = ?, exchange_points = ?, image = ?, \
          status = ?, sort_order = ? WHERE product_id = ?",
@@ -161,11 +165,11 @@ pub async fn update_product(tx: &mut Tx, product_id: u32, p: &NewProduct<'_>) ->
 }
 
 pub struct StockChange<'a> {
-    pub product_id: u32,
-    pub operation: &'a str,
+    pub product_id: ProductId,
+    pub operation: StockOperation,
     pub delta: i64,
     pub stock_after: i32,
-    pub actor_id: Option<u64>,
+    pub actor_id: Option<UserId>,
     pub reason: &'a str,
     pub related_id: Option<&'a str>,
 }
@@ -190,11 +194,11 @@ pub async fn insert_stock_change(tx: &mut Tx, c: &StockChange<'_>) -> sqlx::Resu
 #[derive(Debug, Clone, FromRow)]
 pub struct StockChangeRow {
     pub id: u64,
-    pub product_id: u32,
-    pub operation: String,
+    pub product_id: ProductId,
+    pub operation: StockOperation,
     pub delta: i32,
     pub stock_after: i32,
-    pub actor_id: Option<u64>,
+    pub actor_id: Option<UserId>,
     pub reason: String,
     pub related_id: Option<String>,
     pub created_at: NaiveDateTime,
@@ -202,7 +206,7 @@ pub struct StockChangeRow {
 
 pub async fn page_stock_changes(
     pool: &MySqlPool,
-    product_id: u32,
+    product_id: ProductId,
     limit: u32,
     offset: u64,
 ) -> sqlx::Result<(Vec<StockChangeRow>, u64)> {
@@ -226,8 +230,8 @@ pub async fn page_stock_changes(
 pub struct NewOrder<'a> {
     pub exchange_id: &'a str,
     pub exchange_code: &'a str,
-    pub user_id: u64,
-    pub product_id: u32,
+    pub user_id: UserId,
+    pub product_id: ProductId,
     pub product_name: &'a str,
     pub quantity: u32,
     pub unit_points: u32,
@@ -258,19 +262,19 @@ pub async fn insert_order(tx: &mut Tx, o: &NewOrder<'_>) -> sqlx::Result<()> {
 pub struct OrderRow {
     pub exchange_id: String,
     pub exchange_code: String,
-    pub user_id: u64,
-    pub product_id: u32,
+    pub user_id: UserId,
+    pub product_id: ProductId,
     pub product_name: String,
     pub quantity: u32,
     pub total_cost: i64,
-    pub status: String,
+    pub status: OrderStatus,
     pub redeemed_at: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
 }
 
 pub async fn page_orders(
     pool: &MySqlPool,
-    user_id: u64,
+    user_id: UserId,
     limit: u32,
     offset: u64,
 ) -> sqlx::Result<(Vec<OrderRow>, u64)> {
@@ -304,7 +308,7 @@ pub async fn lock_order_by_code(tx: &mut Tx, code: &str) -> sqlx::Result<Option<
 pub async fn mark_redeemed(
     tx: &mut Tx,
     code: &str,
-    merchant_id: u64,
+    merchant_id: UserId,
     at: NaiveDateTime,
 ) -> sqlx::Result<()> {
     sqlx::query(

@@ -1,21 +1,12 @@
 //! The points ledger (`points_records`).
 
 use super::Tx;
+use crate::rules::ledger::Entry;
 use chrono::NaiveDateTime;
+use protocol::{EntryKind, Source, UserId};
 use sqlx::{FromRow, MySqlPool, QueryBuilder};
 
-/// One ledger line to write; `points` is positive, `earn` gives the sign.
-#[derive(Debug, Clone)]
-pub struct NewEntry {
-    pub earn: bool,
-    pub points: i64,
-    pub balance_after: i64,
-    pub source: &'static str,
-    pub description: String,
-    pub related_id: Option<String>,
-}
-
-pub async fn insert(tx: &mut Tx, user_id: u64, entries: &[NewEntry]) -> sqlx::Result<()> {
+pub async fn insert(tx: &mut Tx, user_id: UserId, entries: &[Entry]) -> sqlx::Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -24,7 +15,7 @@ pub async fn insert(tx: &mut Tx, user_id: u64, entries: &[NewEntry]) -> sqlx::Re
     );
     qb.push_values(entries, |mut b, e| {
         b.push_bind(user_id)
-            .push_bind(if e.earn { "earn" } else { "spend" })
+            .push_bind(e.kind)
             .push_bind(e.points)
             .push_bind(e.balance_after)
             .push_bind(e.source)
@@ -39,10 +30,10 @@ pub async fn insert(tx: &mut Tx, user_id: u64, entries: &[NewEntry]) -> sqlx::Re
 pub struct RecordRow {
     pub record_id: u64,
     #[sqlx(rename = "type")]
-    pub kind: String,
+    pub kind: EntryKind,
     pub points: i64,
     pub balance_after: i64,
-    pub source: String,
+    pub source: Source,
     pub description: String,
     pub related_id: Option<String>,
     pub created_at: NaiveDateTime,
@@ -51,19 +42,19 @@ pub struct RecordRow {
 /// A page of a user's ledger, newest first, and the total matching.
 pub async fn page(
     pool: &MySqlPool,
-    user_id: u64,
-    kind: Option<&str>,
-    source: Option<&str>,
+    user_id: UserId,
+    kind: Option<EntryKind>,
+    source: Option<Source>,
     limit: u32,
     offset: u64,
 ) -> sqlx::Result<(Vec<RecordRow>, u64)> {
     let filter = |qb: &mut QueryBuilder<sqlx::MySql>| {
         qb.push(" WHERE user_id = ").push_bind(user_id);
         if let Some(k) = kind {
-            qb.push(" AND type = ").push_bind(k.to_string());
+            qb.push(" AND type = ").push_bind(k);
         }
         if let Some(s) = source {
-            qb.push(" AND source = ").push_bind(s.to_string());
+            qb.push(" AND source = ").push_bind(s);
         }
     };
     let mut qb = QueryBuilder::new(
@@ -80,16 +71,4 @@ pub async fn page(
     filter(&mut qb);
     let (total,): (i64,) = qb.build_query_as().fetch_one(pool).await?;
     Ok((rows, total as u64))
-}
-
-/// Earned minus spent, straight from the ledger; the audit of a balance.
-pub async fn sum(pool: &MySqlPool, user_id: u64) -> sqlx::Result<i64> {
-    let (s,): (i64,) = sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(CASE type WHEN 'earn' THEN points ELSE -points END), 0) AS SIGNED) \
-         FROM points_records WHERE user_id = ?",
-    )
-    .bind(user_id)
-    .fetch_one(pool)
-    .await?;
-    Ok(s)
 }

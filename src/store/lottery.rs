@@ -1,10 +1,11 @@
-//! The wheel's settings, prizes, prize stock and draw records.
+//! The wheel (`lottery_settings`, `lottery_prizes`) and draw records.
 
 use super::Tx;
 use chrono::NaiveDateTime;
-use sqlx::{FromRow, MySqlPool, QueryBuilder};
+use protocol::{PrizeId, PrizeType, UserId};
+use sqlx::{FromRow, MySqlExecutor, MySqlPool, QueryBuilder};
 
-#[derive(Debug, FromRow)]
+#[derive(Debug, Clone, FromRow)]
 pub struct SettingsRow {
     pub version: u32,
     pub cost_points: u32,
@@ -12,39 +13,44 @@ pub struct SettingsRow {
     pub daily_limit: u32,
 }
 
-#[derive(Debug, FromRow)]
+#[derive(Debug, Clone, FromRow)]
 pub struct PrizeRow {
-    pub prize_id: u32,
+    pub prize_id: PrizeId,
     pub prize_name: String,
-    pub prize_type: String,
+    pub prize_type: PrizeType,
     pub value_cents: i64,
     pub angle: u16,
     pub color: String,
     pub weight: i64,
     pub is_activity: bool,
     pub is_valuable: bool,
-    pub limited: bool,
+    /// `None`: no stock limit.
+    pub stock: Option<i32>,
 }
 
-pub async fn load(pool: &MySqlPool) -> sqlx::Result<(Option<SettingsRow>, Vec<PrizeRow>)> {
+const PRIZE_SELECT: &str = "SELECT prize_id, prize_name, prize_type, \
+     CAST(ROUND(prize_value * 100) AS SIGNED) AS value_cents, angle, color, \
+     CAST(ROUND(probability * 10000) AS SIGNED) AS weight, is_activity, is_valuable, stock \
+     FROM lottery_prizes WHERE status = 'active' ORDER BY angle";
+
+/// The settings row and the active prizes, by angle.
+pub async fn load<'e>(
+    ex: impl MySqlExecutor<'e> + Copy,
+) -> sqlx::Result<(Option<SettingsRow>, Vec<PrizeRow>)> {
     let settings = sqlx::query_as(
         "SELECT version, cost_points, pity_threshold, daily_limit FROM lottery_settings WHERE id = 1",
     )
-    .fetch_optional(pool)
+    .fetch_optional(ex)
     .await?;
-    let prizes = sqlx::query_as(
-        "SELECT prize_id, prize_name, prize_type, CAST(ROUND(prize_value * 100) AS SIGNED) AS value_cents, \
-                angle, color, CAST(ROUND(probability * 10000) AS SIGNED) AS weight, is_activity, is_valuable, \
-                stock IS NOT NULL AS limited \
-         FROM lottery_prizes WHERE status = 'active' ORDER BY angle",
-    )
-    .fetch_all(pool)
-    .await?;
+    let prizes = sqlx::query_as(PRIZE_SELECT).fetch_all(ex).await?;
     Ok((settings, prizes))
 }
 
-/// Takes one unit of a limited prize; false when none is left.
-pub async fn take_prize_stock(tx: &mut Tx, prize_id: u64) -> sqlx::Result<bool> {
+pub async fn active_prizes(tx: &mut Tx) -> sqlx::Result<Vec<PrizeRow>> {
+    sqlx::query_as(PRIZE_SELECT).fetch_all(&mut **tx).await
+}
+
+pub async fn take_prize_stock(tx: &mut Tx, prize_id: PrizeId) -> sqlx::Result<bool> {
     let res =
         sqlx::query("UPDATE lottery_prizes SET stock = stock - 1 WHERE prize_id = ? AND stock > 0")
             .bind(prize_id)
@@ -56,20 +62,20 @@ pub async fn take_prize_stock(tx: &mut Tx, prize_id: u64) -> sqlx::Result<bool> 
 #[derive(Debug, Clone)]
 pub struct NewDraw {
     pub draw_id: String,
-    pub prize_id: u64,
+    pub prize_id: PrizeId,
     pub prize_name: String,
-    pub prize_type: &'static str,
+    pub prize_type: PrizeType,
     pub value_cents: i64,
     pub angle: u16,
     pub points_cost: i64,
     pub is_pity: bool,
     pub pity_before: u32,
-    pub fallback_from: Option<u64>,
+    pub fallback_from: Option<PrizeId>,
 }
 
 pub async fn insert_draws(
     tx: &mut Tx,
-    user_id: u64,
+    user_id: UserId,
     config_version: u32,
     request_key: Option<&str>,
     draws: &[NewDraw],
@@ -102,9 +108,9 @@ pub async fn insert_draws(
 #[derive(Debug, FromRow)]
 pub struct DrawRow {
     pub draw_id: String,
-    pub prize_id: u32,
+    pub prize_id: PrizeId,
     pub prize_name: String,
-    pub prize_type: String,
+    pub prize_type: PrizeType,
     pub value_cents: i64,
     pub angle: u16,
     pub is_pity: bool,
@@ -114,7 +120,7 @@ pub struct DrawRow {
 
 pub async fn page_draws(
     pool: &MySqlPool,
-    user_id: u64,
+    user_id: UserId,
     limit: u32,
     offset: u64,
 ) -> sqlx::Result<(Vec<DrawRow>, u64)> {
@@ -135,7 +141,9 @@ pub async fn page_draws(
     Ok((rows, total as u64))
 }
 
-/// Locks the settings row (every change of the wheel takes it).
+/// Locks the settings row: every change of the wheel (settings or prizes)
+/// takes it, so two edits apply one after the other and each bumps the
+/// version once.
 pub async fn lock_settings(tx: &mut Tx) -> sqlx::Result<Option<SettingsRow>> {
     sqlx::query_as(
         "SELECT version, cost_points, pity_threshold, daily_limit FROM lottery_settings WHERE id = 1 FOR UPDATE",
@@ -144,7 +152,6 @@ pub async fn lock_settings(tx: &mut Tx) -> sqlx::Result<Option<SettingsRow>> {
     .await
 }
 
-/// Writes the settings with the next version.
 pub async fn write_settings(tx: &mut Tx, s: &SettingsRow) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE lottery_settings SET version = ?, cost_points = ?, pity_threshold = ?, daily_limit = ? WHERE id = 1",
@@ -163,4 +170,84 @@ pub async fn settings_version(pool: &MySqlPool) -> sqlx::Result<Option<u32>> {
         .fetch_optional(pool)
         .await?;
     Ok(v.map(|v| v.0))
+}
+
+/// A prize as a merchant writes it.
+#[derive(Debug, Clone)]
+pub struct PrizeWrite<'a> {
+    pub prize_name: &'a str,
+    pub prize_type: PrizeType,
+    pub value_cents: i64,
+    pub angle: u16,
+    pub color: &'a str,
+    pub weight: u32,
+    pub is_activity: bool,
+    pub is_valuable: bool,
+    pub stock: Option<i32>,
+}
+
+/// Updates a prize in place; false when no prize has that id.
+pub async fn update_prize(tx: &mut Tx, id: PrizeId, p: &PrizeWrite<'_>) -> sqlx::Result<bool> {
+    let exists: Option<(PrizeId,)> =
+        sqlx::query_as("SELECT prize_id FROM lottery_prizes WHERE prize_id = ? FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if exists.is_none() {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE lottery_prizes SET prize_name = ?, prize_type = ?, prize_value = CAST(? AS DECIMAL(12,2)) / 100, \
+         angle = ?, color = ?, probability = CAST(? AS DECIMAL(10,4)) / 10000, is_activity = ?, is_valuable = ?, \
+         stock = ?, status = 'active' WHERE prize_id = ?",
+    )
+    .bind(p.prize_name)
+    .bind(p.prize_type)
+    .bind(p.value_cents)
+    .bind(p.angle)
+    .bind(p.color)
+    .bind(p.weight)
+    .bind(p.is_activity)
+    .bind(p.is_valuable)
+    .bind(p.stock)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(true)
+}
+
+pub async fn insert_prize(tx: &mut Tx, p: &PrizeWrite<'_>) -> sqlx::Result<PrizeId> {
+    let res = sqlx::query(
+        "INSERT INTO lottery_prizes (prize_name, prize_type, prize_value, angle, color, probability, \
+         is_activity, is_valuable, stock) \
+         VALUES (?, ?, CAST(? AS DECIMAL(12,2)) / 100, ?, ?, CAST(? AS DECIMAL(10,4)) / 10000, ?, ?, ?)",
+    )
+    .bind(p.prize_name)
+    .bind(p.prize_type)
+    .bind(p.value_cents)
+    .bind(p.angle)
+    .bind(p.color)
+    .bind(p.weight)
+    .bind(p.is_activity)
+    .bind(p.is_valuable)
+    .bind(p.stock)
+    .execute(&mut **tx)
+    .await?;
+    Ok(PrizeId(res.last_insert_id() as u32))
+}
+
+/// Retires every active prize not in `keep` (records keep their names).
+pub async fn deactivate_others(tx: &mut Tx, keep: &[PrizeId]) -> sqlx::Result<()> {
+    let mut qb =
+        QueryBuilder::new("UPDATE lottery_prizes SET status = 'inactive' WHERE status = 'active'");
+    if !keep.is_empty() {
+        qb.push(" AND prize_id NOT IN (");
+        let mut ids = qb.separated(", ");
+        for id in keep {
+            ids.push_bind(*id);
+        }
+        qb.push(")");
+    }
+    qb.build().execute(&mut **tx).await?;
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! caller (a domain function) owns the transaction: it begins, commits, and
 //! decides what belongs together.
 
+pub mod audit;
 pub mod auth;
 pub mod events;
 pub mod exchange;
@@ -76,20 +77,18 @@ pub async fn migrate(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError
     result
 }
 
-/// InnoDB chose this transaction as a deadlock victim and rolled it back:
-/// running it again is safe and expected.
-pub fn is_deadlock(e: &sqlx::Error) -> bool {
+/// InnoDB gave up on this transaction — chose it as a deadlock victim
+/// (1213) or let a lock wait time out (1205) — and running the whole
+/// transaction again from the start is safe and expected. (After 1205
+/// MariaDB rolls back only the statement; the caller drops the
+/// transaction, which rolls back the rest.)
+pub fn is_retryable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .is_some_and(|m| m.number() == 1213)
+                .is_some_and(|m| matches!(m.number(), 1213 | 1205))
                 || db.code().as_deref() == Some("40001")
         }
         _ => false,
     }
-}
-
-/// `LIMIT ? OFFSET ?` arguments for a 1-based page.
-pub fn offset(page: u32, page_size: u32) -> u64 {
-    (page.saturating_sub(1) as u64) * page_size as u64
 }

@@ -2,20 +2,21 @@
 
 use super::Tx;
 use chrono::NaiveDate;
+use protocol::{UserId, UserStatus};
 use sqlx::{FromRow, MySqlPool};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct UserRow {
-    pub user_id: u64,
+    pub user_id: UserId,
     pub mobile: String,
     pub nickname: String,
     pub avatar: Option<String>,
     pub total_points: i64,
     pub is_merchant: bool,
-    pub status: String,
+    pub status: UserStatus,
 }
 
-pub async fn find(pool: &MySqlPool, user_id: u64) -> sqlx::Result<Option<UserRow>> {
+pub async fn find(pool: &MySqlPool, user_id: UserId) -> sqlx::Result<Option<UserRow>> {
     sqlx::query_as(
         "SELECT user_id, mobile, nickname, avatar, total_points, is_merchant, status \
          FROM users WHERE user_id = ?",
@@ -51,18 +52,18 @@ pub async fn find_by_mobile_latest(tx: &mut Tx, mobile: &str) -> sqlx::Result<Op
 
 /// Inserts a user with no points (the register bonus goes through the
 /// ledger). `None` when the mobile was taken concurrently.
-pub async fn insert(tx: &mut Tx, mobile: &str, nickname: &str) -> sqlx::Result<Option<u64>> {
+pub async fn insert(tx: &mut Tx, mobile: &str, nickname: &str) -> sqlx::Result<Option<UserId>> {
     let res = sqlx::query("INSERT IGNORE INTO users (mobile, nickname) VALUES (?, ?)")
         .bind(mobile)
         .bind(nickname)
         .execute(&mut **tx)
         .await?;
-    Ok((res.rows_affected() == 1).then(|| res.last_insert_id()))
+    Ok((res.rows_affected() == 1).then(|| UserId(res.last_insert_id())))
 }
 
 /// Outside the login transaction: it would turn the shared locks of a
 /// creation race into a deadlock, and a lost timestamp harms nothing.
-pub async fn touch_login(pool: &MySqlPool, user_id: u64) -> sqlx::Result<()> {
+pub async fn touch_login(pool: &MySqlPool, user_id: UserId) -> sqlx::Result<()> {
     sqlx::query("UPDATE users SET last_login_at = CURRENT_TIMESTAMP(3) WHERE user_id = ?")
         .bind(user_id)
         .execute(pool)
@@ -70,10 +71,19 @@ pub async fn touch_login(pool: &MySqlPool, user_id: u64) -> sqlx::Result<()> {
     Ok(())
 }
 
+pub async fn set_merchant_flag(tx: &mut Tx, user_id: UserId, nickname: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE users SET is_merchant = 1, nickname = ? WHERE user_id = ?")
+        .bind(nickname)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// False when no user has this mobile. (An UPDATE that changes nothing
 /// reports no affected rows on MySQL, so existence is read first.)
 pub async fn set_merchant(pool: &MySqlPool, mobile: &str, merchant: bool) -> sqlx::Result<bool> {
-    let found: Option<(u64,)> = sqlx::query_as("SELECT user_id FROM users WHERE mobile = ?")
+    let found: Option<(UserId,)> = sqlx::query_as("SELECT user_id FROM users WHERE mobile = ?")
         .bind(mobile)
         .fetch_optional(pool)
         .await?;
@@ -93,16 +103,16 @@ pub async fn set_merchant(pool: &MySqlPool, mobile: &str, merchant: bool) -> sql
 /// non-negative, the ledger in step and `seq` gap-free.
 #[derive(Debug, Clone, FromRow)]
 pub struct LockedUser {
-    pub user_id: u64,
+    pub user_id: UserId,
     pub total_points: i64,
     pub last_seq: u64,
     pub pity_count: u32,
     pub draw_day: Option<NaiveDate>,
     pub draw_day_count: u32,
-    pub status: String,
+    pub status: UserStatus,
 }
 
-pub async fn lock(tx: &mut Tx, user_id: u64) -> sqlx::Result<Option<LockedUser>> {
+pub async fn lock(tx: &mut Tx, user_id: UserId) -> sqlx::Result<Option<LockedUser>> {
     sqlx::query_as(
         "SELECT user_id, total_points, last_seq, pity_count, draw_day, draw_day_count, status \
          FROM users WHERE user_id = ? FOR UPDATE",
@@ -129,15 +139,15 @@ pub async fn write_back(tx: &mut Tx, u: &LockedUser) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Balance and newest event seq, for a socket's `welcome`.
-pub async fn points_and_seq(pool: &MySqlPool, user_id: u64) -> sqlx::Result<Option<(i64, u64)>> {
+/// Balance and newest event seq.
+pub async fn points_and_seq(pool: &MySqlPool, user_id: UserId) -> sqlx::Result<Option<(i64, u64)>> {
     sqlx::query_as("SELECT total_points, last_seq FROM users WHERE user_id = ?")
         .bind(user_id)
         .fetch_optional(pool)
         .await
 }
 
-pub async fn pity_count(pool: &MySqlPool, user_id: u64) -> sqlx::Result<u32> {
+pub async fn pity_count(pool: &MySqlPool, user_id: UserId) -> sqlx::Result<u32> {
     let v: Option<(u32,)> = sqlx::query_as("SELECT pity_count FROM users WHERE user_id = ?")
         .bind(user_id)
         .fetch_optional(pool)

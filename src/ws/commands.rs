@@ -1,95 +1,132 @@
-//! Socket commands: parse the frame, call the same domain function as the
-//! REST door, and answer with the same `code`/`msg`/`data`.
+//! Socket commands: read the frame, call what the REST door calls, and
+//! answer with the same `code`/`msg`/`data`. A command reads the session
+//! and returns what should change in it; it never reaches into it.
 
-use futures::{Sink, Stream};
 use protocol::{
     AuthRefreshRequest, AuthRefreshResult, DrawRequest, ErrorCode, ExchangeRequest, IncomingFrame,
     PingResult, ReplyFrame, StatusEventFrame, SyncRequest, command, event, frames::is_valid_id,
 };
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use std::sync::atomic::Ordering;
 
-use super::session::Session;
-use crate::domain::{self, DataJson, IdemKey, PageQuery, auth, exchange, lottery, now_rfc3339};
-use crate::error::{Error, Result};
-use axum::extract::ws::Message;
+use crate::app::AppState;
+use crate::domain::auth::{self, AuthUser};
+use crate::domain::{IdemKey, events, exchange, lottery, rfc3339};
+use crate::error::{DataJson, Error, Result, parse_object};
+use crate::rules::paging::{Count, PageQuery};
+
+/// What a command may read of its socket.
+pub struct SessionView<'a> {
+    pub state: &'a AppState,
+    pub auth: &'a AuthUser,
+}
+
+/// What the session should change after a command.
+#[derive(Debug)]
+pub enum Change {
+    /// `auth.refresh`: carry on under these credentials.
+    Credentials(AuthUser),
+    /// A replay sent user events up to this seq.
+    SentUpTo(u64),
+}
+
+/// The frames to write, in order, and the change to apply.
+pub struct Handled {
+    pub frames: Vec<String>,
+    pub change: Option<Change>,
+}
+
+impl Handled {
+    fn frames(frames: Vec<String>) -> Handled {
+        Handled {
+            frames,
+            change: None,
+        }
+    }
+}
 
 /// `exchange.products`: the guest's catalogue, as the REST list.
 #[derive(serde::Deserialize)]
 struct ProductsRequest {
     category: Option<String>,
-    page: Option<u32>,
-    page_size: Option<u32>,
+    page: Option<Count>,
+    page_size: Option<Count>,
 }
 
-/// What a command answers: JSON text for `data`.
-type Answer = Result<DataJson>;
-
-fn json<T: Serialize>(v: &T) -> Answer {
-    serde_json::to_string(v)
-        .map(DataJson)
-        .map_err(|e| Error::internal(ErrorCode::Internal, e))
-}
-
+/// A command's `data`: absent is `{}`; otherwise read exactly as a REST
+/// body is (`error::parse_object`), so one problem has one message.
 fn parse_data<T: DeserializeOwned>(data: Option<&RawValue>) -> Result<T> {
-    let text = data.map(RawValue::get).unwrap_or("{}");
-    serde_json::from_str(text).map_err(|e| Error::Invalid(format!("data: {e}")))
+    parse_object(data.map_or("{}", RawValue::get).as_bytes())
 }
 
-pub(super) async fn handle<S>(s: &mut Session<S>, text: &str) -> Vec<String>
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
-{
+pub async fn handle(s: SessionView<'_>, text: &str) -> Handled {
     let frame: IncomingFrame = match serde_json::from_str(text) {
         Ok(f) => f,
-        Err(_) => return vec![error_event(ErrorCode::MalformedFrame)],
+        Err(_) => return Handled::frames(vec![error_event(ErrorCode::MalformedFrame)]),
     };
     let id = match read_id(&frame) {
         Ok(id) => id,
-        Err(code) => return vec![error_event(code)],
+        Err(code) => return Handled::frames(vec![error_event(code)]),
     };
     if !is_valid_id(&id) {
-        return vec![reply(&id, Err(Error::Refused(ErrorCode::InvalidId)))];
+        return Handled::frames(vec![reply(&id, Err(Error::Refused(ErrorCode::InvalidId)))]);
     }
-    let Some(kind) = frame.kind.as_deref() else {
-        return vec![reply(&id, Err(Error::Refused(ErrorCode::UnknownCommand)))];
+    // A type that is missing or not a string names no command.
+    let Some(kind) = frame
+        .kind
+        .and_then(|k| serde_json::from_str::<String>(k.get()).ok())
+    else {
+        return Handled::frames(vec![reply(
+            &id,
+            Err(Error::Refused(ErrorCode::UnknownCommand)),
+        )]);
     };
     if kind == command::SYNC {
         return match parse_data::<SyncRequest>(frame.data) {
-            Ok(req) => sync(s, &id, req.since).await,
-            Err(e) => vec![reply(&id, Err(e))],
+            Ok(req) => sync(&s, &id, req.since).await,
+            Err(e) => Handled::frames(vec![reply(&id, Err(e))]),
         };
     }
-    let answer = run(s, kind, &id, frame.data).await;
+    let (answer, change) = match run(&s, &kind, &id, frame.data).await {
+        Ok((data, change)) => (Ok(data), change),
+        Err(e) => (Err(e), None),
+    };
     if let Err(e) = &answer {
-        log_failure(s.auth.user_id, kind, e);
+        log_failure(s.auth, &kind, e);
     }
-    vec![reply(&id, answer)]
+    Handled {
+        frames: vec![reply(&id, answer)],
+        change,
+    }
 }
 
-/// Runs one command; the same domain functions as the REST handlers.
-async fn run<S>(s: &mut Session<S>, kind: &str, id: &str, data: Option<&RawValue>) -> Answer
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
-{
-    let state = s.state.clone();
+/// Runs one command; what the REST handlers run.
+async fn run(
+    s: &SessionView<'_>,
+    kind: &str,
+    id: &str,
+    data: Option<&RawValue>,
+) -> Result<(DataJson, Option<Change>)> {
+    let state = s.state;
     let user_id = s.auth.user_id;
-    match kind {
-        command::PING => json(&PingResult {
-            server_time: now_rfc3339(),
-        }),
+    let data = match kind {
+        command::PING => DataJson::of(&PingResult {
+            server_time: rfc3339(chrono::Utc::now()),
+        })?,
         command::LOTTERY_DRAW => {
             let req: DrawRequest = parse_data(data)?;
             let key = IdemKey::parse(id)?;
-            lottery::draw(&state, user_id, req.draw_count, Some(&key)).await
+            state.draw(user_id, req.draw_count, Some(&key)).await?
         }
-        command::LOTTERY_CONFIG => json(&lottery::config_view(&state, user_id).await?),
+        command::LOTTERY_CONFIG => {
+            DataJson::of(&lottery::config_view(&state.db, &state.wheel(), user_id).await?)?
+        }
         command::EXCHANGE_SUBMIT => {
             let req: ExchangeRequest = parse_data(data)?;
             let key = IdemKey::parse(id)?;
-            exchange::submit(&state, user_id, req.product_id, req.quantity, Some(&key)).await
+            state
+                .submit_exchange(user_id, req.product_id, req.quantity, Some(&key))
+                .await?
         }
         command::EXCHANGE_PRODUCTS => {
             let req: ProductsRequest = parse_data(data)?;
@@ -99,23 +136,22 @@ where
                 limit: None,
             }
             .resolve()?;
-            json(&exchange::products(&state, req.category.as_deref(), page, true).await?)
+            DataJson::of(
+                &exchange::products(&state.db, req.category.as_deref(), page, true).await?,
+            )?
         }
-        command::USER_INFO => {
-            let user = crate::store::users::find(&state.db, user_id)
-                .await?
-                .ok_or(Error::Refused(ErrorCode::TokenInvalid))?;
-            json(&auth::user_info(&user))
-        }
+        command::USER_INFO => DataJson::of(&auth::user_info(&state.db, user_id).await?)?,
         command::AUTH_REFRESH => {
             let req: AuthRefreshRequest = parse_data(data)?;
-            refresh_credentials(s, &req.access_token).await
+            return refresh_credentials(s, &req.access_token).await;
         }
-        _ => Err(Error::Refused(ErrorCode::UnknownCommand)),
-    }
+        _ => return Err(Error::Refused(ErrorCode::UnknownCommand)),
+    };
+    Ok((data, None))
 }
 
-fn log_failure(user_id: u64, kind: &str, e: &Error) {
+fn log_failure(auth: &AuthUser, kind: &str, e: &Error) {
+    let user_id = auth.user_id.0;
     match e.internal_cause() {
         Some(cause) => {
             tracing::error!(user_id, command = kind, code = e.code().code(), %cause, "command failed")
@@ -138,7 +174,7 @@ fn read_id(frame: &IncomingFrame) -> std::result::Result<String, ErrorCode> {
 }
 
 /// Answers a frame that will not be run (rate limited) in the right shape.
-pub(super) fn refuse(text: &str, code: ErrorCode) -> String {
+pub fn refuse(text: &str, code: ErrorCode) -> String {
     let id = serde_json::from_str::<IncomingFrame>(text)
         .ok()
         .and_then(|f| read_id(&f).ok());
@@ -148,7 +184,7 @@ pub(super) fn refuse(text: &str, code: ErrorCode) -> String {
     }
 }
 
-pub(super) fn reply(id: &str, answer: Answer) -> String {
+pub fn reply(id: &str, answer: Result<DataJson>) -> String {
     let text = match answer {
         Ok(DataJson(data)) => {
             let data = RawValue::from_string(data).ok();
@@ -175,7 +211,7 @@ pub(super) fn reply(id: &str, answer: Answer) -> String {
 }
 
 /// `{"type":"error","code","msg","data":null}` for a frame without a readable id.
-pub(super) fn error_event(code: ErrorCode) -> String {
+pub fn error_event(code: ErrorCode) -> String {
     serde_json::to_string(&StatusEventFrame::<()> {
         kind: event::ERROR,
         code: code.code(),
@@ -186,20 +222,21 @@ pub(super) fn error_event(code: ErrorCode) -> String {
 }
 
 /// `sync`: the missed events as ordinary event frames, then the reply.
-async fn sync<S>(s: &mut Session<S>, id: &str, since: u64) -> Vec<String>
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
-{
-    match domain::events::replay(&s.state, s.auth.user_id, since).await {
+async fn sync(s: &SessionView<'_>, id: &str, since: u64) -> Handled {
+    let limit = s.state.config.sync_replay_limit;
+    match events::replay(&s.state.db, s.auth.user_id, since, limit).await {
         Ok((events, summary)) => {
-            s.last_sent_seq = s.last_sent_seq.max(summary.to_seq);
+            let to_seq = summary.to_seq;
             let mut frames: Vec<String> = events.into_iter().map(|(_, f)| f).collect();
-            frames.push(reply(id, json(&summary)));
-            frames
+            frames.push(reply(id, DataJson::of(&summary)));
+            Handled {
+                frames,
+                change: Some(Change::SentUpTo(to_seq)),
+            }
         }
         Err(e) => {
-            log_failure(s.auth.user_id, command::SYNC, &e);
-            vec![reply(id, Err(e))]
+            log_failure(s.auth, command::SYNC, &e);
+            Handled::frames(vec![reply(id, Err(e))])
         }
     }
 }
@@ -207,14 +244,8 @@ where
 /// `?since=` on connect: like `sync`, answered by a `sync_result` event.
 /// `last_seq` was read at the upgrade: a client that missed nothing (the
 /// common case after a restart) costs no further read.
-pub(super) async fn sync_after_connect<S>(
-    s: &mut Session<S>,
-    since: u64,
-    last_seq: u64,
-) -> Vec<String>
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
-{
+pub async fn sync_after_connect(s: SessionView<'_>, since: u64, last_seq: u64) -> Handled {
+    let limit = s.state.config.sync_replay_limit;
     let replayed = match since.cmp(&last_seq) {
         std::cmp::Ordering::Equal => Ok((
             Vec::new(),
@@ -225,15 +256,15 @@ where
             },
         )),
         std::cmp::Ordering::Greater => Err(Error::SyncTooOld { last_seq }),
-        std::cmp::Ordering::Less => domain::events::replay(&s.state, s.auth.user_id, since).await,
+        std::cmp::Ordering::Less => events::replay(&s.state.db, s.auth.user_id, since, limit).await,
     };
-    let (mut frames, status) = match replayed {
+    let (mut frames, status, change) = match replayed {
         Ok((events, summary)) => {
-            s.last_sent_seq = s.last_sent_seq.max(summary.to_seq);
             let frames: Vec<String> = events.into_iter().map(|(_, f)| f).collect();
-            (frames, Ok(summary))
+            let to = summary.to_seq;
+            (frames, Ok(summary), Some(Change::SentUpTo(to)))
         }
-        Err(e) => (Vec::new(), Err(e)),
+        Err(e) => (Vec::new(), Err(e), None),
     };
     let text = match status {
         Ok(summary) => serde_json::to_string(&StatusEventFrame {
@@ -250,29 +281,25 @@ where
         }),
     };
     frames.push(text.unwrap_or_default());
-    frames
+    Handled { frames, change }
 }
 
 /// `auth.refresh`: the socket carries on under a newer access token of the
 /// same user (a refreshed token may belong to a newer session).
-async fn refresh_credentials<S>(s: &mut Session<S>, token: &str) -> Answer
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
-{
-    let next = auth::authorize(&s.state, token).await?;
+async fn refresh_credentials(
+    s: &SessionView<'_>,
+    token: &str,
+) -> Result<(DataJson, Option<Change>)> {
+    let next = auth::authorize(&s.state.keys, &s.state.db, token).await?;
     if next.user_id != s.auth.user_id {
         return Err(Error::Refused(ErrorCode::TokenInvalid));
     }
-    s.reg
-        .conn
-        .session_id
-        .store(next.session_id, Ordering::Relaxed);
     let expires_at = chrono::DateTime::from_timestamp(next.expires_at, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();
-    s.auth = next;
-    json(&AuthRefreshResult {
-        user_id: s.auth.user_id,
+    let data = DataJson::of(&AuthRefreshResult {
+        user_id: next.user_id,
         expires_at,
-    })
+    })?;
+    Ok((data, Some(Change::Credentials(next))))
 }

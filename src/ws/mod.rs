@@ -11,10 +11,10 @@ use axum::response::{IntoResponse, Response};
 use protocol::ErrorCode;
 use serde::Deserialize;
 
+use crate::app::AppState;
 use crate::domain::auth::check_session;
 use crate::error::Error;
 use crate::http::extract::{ApiQuery, bearer_token};
-use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 pub struct WsParams {
@@ -41,8 +41,8 @@ pub async fn upgrade(
     };
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => {
-            return Error::Invalid(format!("not a WebSocket upgrade: {rejection}")).into_response();
+        Err(_) => {
+            return Error::invalid("Upgrade", "须为 WebSocket 升级请求").into_response();
         }
     };
     if state.hub.connections() >= state.config.ws_max_connections {
@@ -53,12 +53,12 @@ pub async fn upgrade(
     // committed before it is covered by `welcome` (the socket skips
     // repeats). One read authorizes the socket and fills `welcome`.
     let reg = state.hub.join(access.user_id, access.session_id);
-    let (auth, total_points, last_seq) = match check_session(&state, access).await {
+    let (auth, total_points, last_seq) = match check_session(&state.db, access).await {
         Ok(checked) => checked,
         Err(e) => return e.into_response(),
     };
-    reg.admit();
-    tracing::Span::current().record("user_id", auth.user_id);
+    reg.admit(auth.is_merchant);
+    tracing::Span::current().record("user_id", auth.user_id.0);
     let c = &state.config;
     let max = c.ws_max_frame_bytes;
     let since = params.since;

@@ -16,16 +16,19 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::time::{Instant, timeout};
 
-use super::commands;
+use super::commands::{self, Change, Handled, SessionView};
+use crate::app::AppState;
 use crate::domain::auth::AuthUser;
-use crate::domain::now_rfc3339;
+use crate::domain::{event_frame, rfc3339};
 use crate::heartbeat;
 use crate::hub::{Outgoing, Registration};
-use crate::state::AppState;
 use crate::store;
 
 /// A write that cannot complete in this time means the peer stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing socket waits for the client's answering close frame
+/// (reading and dropping what the client still sends, so the close frame
+/// is not lost to a reset).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// At shutdown, how long a socket may stay quiet before it is closed.
 const DRAIN_QUIET: Duration = Duration::from_millis(50);
@@ -38,14 +41,14 @@ enum End {
     Gone,
 }
 
-pub(super) struct Session<S> {
+struct Session<S> {
     socket: S,
-    pub(super) state: AppState,
-    pub(super) auth: AuthUser,
-    pub(super) reg: Registration,
+    state: AppState,
+    auth: AuthUser,
+    reg: Registration,
     /// Seq of the newest user event written to this socket; events are
     /// written in order with no gaps and no repeats.
-    pub(super) last_sent_seq: u64,
+    last_sent_seq: u64,
     last_seen: Instant,
     /// Token bucket for the command rate.
     tokens: f64,
@@ -76,7 +79,7 @@ where
         last_seq,
         since,
     } = start;
-    state.metrics.ws_accepted.fetch_add(1, Ordering::Relaxed);
+    state.metrics.ws_accepted.inc();
     let burst = state.config.ws_command_burst as f64;
     let mut session = Session {
         socket,
@@ -91,19 +94,8 @@ where
     };
     let end = session.serve(total_points, last_seq, since).await;
     if let End::Close(code, reason) = end {
-        if code == close::TOO_SLOW {
-            session
-                .state
-                .metrics
-                .slow_socket_closes
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let close = session.socket.send(Message::Close(Some(frame)));
-        let _ = Box::pin(timeout(CLOSE_TIMEOUT, close)).await;
+        session.state.metrics.socket_closed(code);
+        Box::pin(session.close(code, reason)).await;
     }
 }
 
@@ -111,6 +103,29 @@ impl<S> Session<S>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
+    /// Sends the close frame, then reads (and drops) whatever the client
+    /// still sends until its own close frame or the end, bounded: dropping
+    /// the connection with unread data would reset it, and the client would
+    /// lose the close frame and see 1006.
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let socket = &mut self.socket;
+        let _ = timeout(CLOSE_TIMEOUT, async move {
+            if socket.send(Message::Close(Some(frame))).await.is_err() {
+                return;
+            }
+            while let Some(Ok(msg)) = socket.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
     async fn serve(&mut self, total_points: i64, last_seq: u64, since: Option<u64>) -> End {
         // Boxed, like every other one-off step: its state is not kept in the
         // long-lived loop below.
@@ -133,11 +148,12 @@ where
             total_points,
             last_seq,
             heartbeat_interval_ms: self.state.config.heartbeat_interval.as_millis() as u64,
-            server_time: now_rfc3339(),
+            server_time: rfc3339(chrono::Utc::now()),
         };
-        let mut frames = vec![event_text(event::WELCOME, &welcome)];
+        let mut frames = vec![event_frame(event::WELCOME, None, &welcome)];
         if let Some(since) = since {
-            frames.extend(commands::sync_after_connect(self, since, last_seq).await);
+            let handled = commands::sync_after_connect(self.view(), since, last_seq).await;
+            frames.extend(self.apply(handled));
         }
         self.write(frames).await
     }
@@ -146,7 +162,7 @@ where
         let interval = self.state.config.heartbeat_interval;
         // One clock for all sockets (see `crate::heartbeat`): no timer per
         // socket. It also says when the server is stopping.
-        let mut beat = self.state.heartbeat.subscribe();
+        let mut beat = self.state.clock.subscribe();
         if heartbeat::stopping(&beat) {
             return self.shut_down().await;
         }
@@ -188,8 +204,10 @@ where
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Ok(Message::Close(_))) | None => return End::Gone,
-                        Some(Err(e)) if is_too_big(&e) => return End::Close(close::TOO_BIG, "frame too large"),
-                        Some(Err(_)) => return End::Gone,
+                        Some(Err(e)) => match read_error(&e) {
+                            Some(end) => return end,
+                            None => return End::Gone,
+                        },
                     }
                 }
                 changed = beat.changed() => {
@@ -237,6 +255,29 @@ where
         }
     }
 
+    fn view(&self) -> SessionView<'_> {
+        SessionView {
+            state: &self.state,
+            auth: &self.auth,
+        }
+    }
+
+    /// Applies what a command says should change; returns its frames.
+    fn apply(&mut self, handled: Handled) -> Vec<String> {
+        match handled.change {
+            Some(Change::Credentials(next)) => {
+                self.reg
+                    .conn
+                    .session_id
+                    .store(next.session_id.0, Ordering::Relaxed);
+                self.auth = next;
+            }
+            Some(Change::SentUpTo(seq)) => self.last_sent_seq = self.last_sent_seq.max(seq),
+            None => {}
+        }
+        handled.frames
+    }
+
     /// Rate-limits, then runs one command.
     async fn on_text(&mut self, text: &str) -> Vec<String> {
         let cfg = &self.state.config;
@@ -256,11 +297,9 @@ where
         }
         self.tokens -= 1.0;
         self.strikes = 0;
-        self.state
-            .metrics
-            .ws_commands
-            .fetch_add(1, Ordering::Relaxed);
-        commands::handle(self, text).await
+        self.state.metrics.ws_commands.inc();
+        let handled = commands::handle(self.view(), text).await;
+        self.apply(handled)
     }
 
     /// Writes queued hub messages. User events go out in `seq` order: one
@@ -289,7 +328,7 @@ where
                                 frames.extend(missing.into_iter().map(|(_, f)| Utf8Bytes::from(f)))
                             }
                             Err(e) => {
-                                tracing::warn!(user_id = self.auth.user_id, error = %e, "could not fill an event gap; the client will resync")
+                                tracing::warn!(user_id = self.auth.user_id.0, error = %e, "could not fill an event gap; the client will resync")
                             }
                         }
                     }
@@ -329,15 +368,6 @@ where
     }
 }
 
-pub(super) fn event_text<T: serde::Serialize>(kind: &str, data: &T) -> String {
-    serde_json::to_string(&protocol::EventFrame {
-        kind,
-        seq: None,
-        data,
-    })
-    .unwrap_or_default()
-}
-
 fn close_reason(code: u16) -> &'static str {
     match code {
         close::AUTH_EXPIRED => "session ended",
@@ -345,19 +375,32 @@ fn close_reason(code: u16) -> &'static str {
         close::RATE_LIMITED => "rate limited",
         close::TOO_SLOW => "too slow to read events",
         close::PROTOCOL_VIOLATION => "protocol violation",
+        close::INVALID_UTF8 => "text frame is not UTF-8",
+        close::TOO_BIG => "frame too large",
         close::GOING_AWAY => "server shutting down",
         _ => "",
     }
 }
 
-/// tungstenite's size-limit errors, through axum's error wrapper.
-fn is_too_big(e: &axum::Error) -> bool {
+/// A read error that the server answers with a close code (a frame too
+/// big: 1009; a text frame that is not UTF-8: 1007), through axum's error
+/// wrapper. Anything else means the peer is gone.
+fn read_error(e: &axum::Error) -> Option<End> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return true;
+        match err.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => {
+                return Some(End::Close(close::TOO_BIG, close_reason(close::TOO_BIG)));
+            }
+            Some(tungstenite::Error::Utf8(_)) => {
+                return Some(End::Close(
+                    close::INVALID_UTF8,
+                    close_reason(close::INVALID_UTF8),
+                ));
+            }
+            _ => {}
         }
         source = err.source();
     }
-    false
+    None
 }

@@ -6,6 +6,8 @@
 //! makes its own users (random phone numbers) and asserts only on them.
 #![allow(dead_code)]
 
+pub mod images;
+
 use futures::{SinkExt, StreamExt};
 use protocol::ServerFrame;
 use rand::Rng;
@@ -76,6 +78,17 @@ pub async fn test_config() -> Config {
     })
     .expect("test config");
     c.db_max_connections = 16;
+    // Every test client comes from 127.0.0.1: per-address limits are for
+    // the tests that test them.
+    let off = restaurant_points::net::RateSpec::Off;
+    c.ip_limits = restaurant_points::config::IpLimits {
+        send_code: off,
+        login: off,
+        refresh: off,
+        upload: off,
+    };
+    c.http.max_per_ip = 100_000;
+    c.http.max_connections = 100_000;
     c.shutdown_grace = Duration::from_secs(5);
     c
 }

@@ -32,7 +32,7 @@ use crate::stats::{Counts, Hist, add_counts, bump, round3, show_counts};
 
 const LINK_WAIT: Duration = Duration::from_secs(3600);
 /// The most points one merchant adjustment may grant.
-const MAX_ADJUST: i64 = 1_000_000;
+const MAX_ADJUST: i64 = 10_000;
 /// An upper bound on one user's command rate, for sizing the top-up.
 const MAX_USER_RATE: u64 = 250;
 
@@ -328,8 +328,8 @@ pub async fn prepare(
                     )
                     .await
                     .context("creating the exchange product")?;
-                prepared.created_product = Some(p.product_id);
-                p.product_id
+                prepared.created_product = Some(p.product_id.0 as u64);
+                p.product_id.0 as u64
             }
         };
         prepared.product = Some(id);

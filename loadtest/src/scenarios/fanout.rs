@@ -192,7 +192,7 @@ pub async fn create_product(api: &Api, merchant: &str, label: &str) -> anyhow::R
         )
         .await
         .context("creating the fanout product")?;
-    Ok(p.product_id)
+    Ok(p.product_id.0 as u64)
 }
 
 pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {

@@ -211,7 +211,7 @@ async fn login(api: &Api, phone: &str) -> Result<(Credentials, bool), String> {
     Ok((
         Credentials {
             phone: phone.to_string(),
-            user_id: login.user_info.user_id,
+            user_id: login.user_info.user_id.0,
             access_token: login.access_token,
         },
         login.is_new_user,
