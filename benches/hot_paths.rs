@@ -4,9 +4,9 @@
 use axum::extract::ws::Utf8Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use protocol::{IncomingFrame, PointsUpdate, StockUpdate};
+use protocol::{ProductId, Source, StockOperation};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use protocol::{ProductId, Source, StockOperation};
 use restaurant_points::bench::{Hub, SessionId, UserId, demo_wheel};
 use std::hint::black_box;
 use std::sync::Arc;

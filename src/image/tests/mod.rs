@@ -812,4 +812,3 @@ fn sniff_names_stored_images_and_refuses_the_rest() {
 fn png_crc_is_the_standard_one() {
     assert_eq!(png::crc32(b"IEND"), 0xAE42_6082);
 }
-
