@@ -269,6 +269,21 @@ pub struct Redemption {
     pub redeemed_at: String,
 }
 
+/// What a counter code is for, before (or after) it is redeemed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrderLookup {
+    pub exchange_id: String,
+    pub exchange_code: String,
+    pub user_id: UserId,
+    pub product_id: ProductId,
+    pub product_name: String,
+    pub quantity: u32,
+    pub total_cost: i64,
+    pub status: OrderStatus,
+    pub created_at: String,
+    pub redeemed_at: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StockChange {
     pub change_id: u64,
@@ -323,6 +338,8 @@ pub struct ReviewItem {
     pub user_id: UserId,
     /// Masked, as in `user_info`.
     pub user_mobile: String,
+    /// The most an approval of this receipt may award.
+    pub max_points: i64,
     #[serde(flatten)]
     pub upload: Upload,
 }
@@ -539,6 +556,12 @@ pub struct ReviewQueueUpdate {
     pub upload_id: UploadId,
     pub status: ReviewStatus,
     pub user_id: UserId,
+    /// Masked, as in `user_info`.
+    pub user_mobile: String,
+    /// A signed URL of the receipt, as in the review list.
+    pub image_url: String,
+    /// The most an approval of this receipt may award.
+    pub max_points: i64,
     pub amount: Money,
     pub estimated_points: i64,
     pub points_awarded: Option<i64>,

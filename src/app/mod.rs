@@ -134,6 +134,14 @@ impl AppState {
         Ok(())
     }
 
+    /// What one approval may award (`REVIEW_AWARD_*`).
+    pub fn award_caps(&self) -> crate::rules::review::AwardCaps {
+        crate::rules::review::AwardCaps {
+            multiplier: self.config.review_award_multiplier,
+            max: self.config.review_award_max,
+        }
+    }
+
     /// The version of the wheel this process uses (None when it is invalid).
     pub fn wheel_version(&self) -> Option<u32> {
         self.wheel().as_ref().as_ref().ok().map(|w| w.version)

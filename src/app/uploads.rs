@@ -115,6 +115,7 @@ impl AppState {
             height: info.height,
             amount_cents: cents,
             quotas: self.quotas(),
+            caps: self.award_caps(),
             utc_offset_minutes: self.config.business_utc_offset_minutes,
             urls: &self.urls,
         };

@@ -2,9 +2,9 @@
 //! merchant's product and stock tools, and redemption at the counter.
 
 use protocol::{
-    ErrorCode, ExchangeResult, Order, OrderStatus, Orders, Product, ProductStatus, ProductUpdate,
-    Products, Redemption, Source, StockChange, StockChanges, StockOperation, StockUpdate, UserId,
-    event,
+    ErrorCode, ExchangeResult, Order, OrderLookup, OrderStatus, Orders, Product, ProductStatus,
+    ProductUpdate, Products, Redemption, Source, StockChange, StockChanges, StockOperation,
+    StockUpdate, UserId, event,
 };
 use serde::Deserialize;
 use sqlx::MySqlPool;
@@ -551,6 +551,26 @@ impl Command for Redeem<'_> {
         })
         .with(|e| e.audit.push(audit)))
     }
+}
+
+/// What a counter code is for (4007 when it names no order).
+pub async fn order_by_code(db: &MySqlPool, typed: &str) -> Result<OrderLookup> {
+    let code = normalize_code(typed).ok_or(Error::Refused(ErrorCode::ExchangeCodeNotFound))?;
+    let o = store::exchange::order_by_code(db, &code)
+        .await?
+        .ok_or(Error::Refused(ErrorCode::ExchangeCodeNotFound))?;
+    Ok(OrderLookup {
+        exchange_id: o.exchange_id,
+        exchange_code: o.exchange_code,
+        user_id: o.user_id,
+        product_id: o.product_id,
+        product_name: o.product_name,
+        quantity: o.quantity,
+        total_cost: o.total_cost,
+        status: o.status,
+        created_at: stored_rfc3339(o.created_at),
+        redeemed_at: o.redeemed_at.map(stored_rfc3339),
+    })
 }
 
 /// The ids the merchant tools take in a path.

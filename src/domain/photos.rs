@@ -71,6 +71,7 @@ pub struct RecordUpload<'a> {
     pub height: u32,
     pub amount_cents: u32,
     pub quotas: UploadQuotas,
+    pub caps: AwardCaps,
     pub utc_offset_minutes: i32,
     pub urls: &'a ImageUrls,
 }
@@ -83,7 +84,7 @@ impl Command for RecordUpload<'_> {
     /// The guest's row is locked first, so two uploads of one guest check
     /// the quotas one after the other and neither slips past them.
     async fn run(&self, tx: &mut Tx, ctx: &mut Ctx) -> Result<Done<UploadResult>> {
-        Account::lock(tx, self.user_id).await?;
+        let guest = Account::lock(tx, self.user_id).await?;
         let usage = store::photos::usage(
             tx,
             self.user_id,
@@ -114,6 +115,9 @@ impl Command for RecordUpload<'_> {
                 upload_id: self.upload_id.clone(),
                 status: ReviewStatus::Pending,
                 user_id: self.user_id,
+                user_mobile: mask_mobile(&guest.user.mobile),
+                image_url: self.urls.url(self.storage_key, ctx.now),
+                max_points: self.caps.cap(estimate as i64),
                 amount: Money(self.amount_cents as i64),
                 estimated_points: estimate as i64,
                 points_awarded: None,
@@ -179,6 +183,7 @@ pub async fn history(
 pub async fn reviews(
     db: &MySqlPool,
     urls: &ImageUrls,
+    caps: AwardCaps,
     status: Option<&str>,
     page: Page,
 ) -> Result<Reviews> {
@@ -191,6 +196,7 @@ pub async fn reviews(
             .map(|r| ReviewItem {
                 user_id: r.user_id,
                 user_mobile: mask_mobile(&r.mobile),
+                max_points: caps.cap(r.estimated_points as i64),
                 upload: upload_view(urls, now, r),
             })
             .collect(),
@@ -216,6 +222,7 @@ pub struct Review<'a> {
     pub points: Option<i64>,
     pub reason: Option<&'a str>,
     pub caps: AwardCaps,
+    pub urls: &'a ImageUrls,
 }
 
 impl Command for Review<'_> {
@@ -307,6 +314,9 @@ impl Command for Review<'_> {
                 upload_id: upload.upload_id.clone(),
                 status,
                 user_id: upload.user_id,
+                user_mobile: mask_mobile(&upload.mobile),
+                image_url: self.urls.url(&upload.storage_key, ctx.now),
+                max_points: self.caps.cap(upload.estimated_points as i64),
                 amount: Money(upload.amount_cents as i64),
                 estimated_points: upload.estimated_points as i64,
                 points_awarded: Some(points),

@@ -5,8 +5,8 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::{get, post, put};
 use protocol::{
-    AuditLog, HourlyStatistics, LotterySettings, PointsAdjustment, Prizes, Product, Products,
-    Redemption, ReviewOutcome, ReviewRequest, Reviews, Statistics, StockChanges, UserId,
+    AuditLog, HourlyStatistics, LotterySettings, OrderLookup, PointsAdjustment, Prizes, Product,
+    Products, Redemption, ReviewOutcome, ReviewRequest, Reviews, Statistics, StockChanges, UserId,
 };
 use serde::Deserialize;
 
@@ -21,7 +21,6 @@ use crate::domain::lottery::{self, SettingsPatch, UpdatePrizes, UpdateSettings};
 use crate::domain::photos::{self, Review};
 use crate::domain::points::{AdjustLimits, AdminAdjust};
 use crate::error::{Envelope, Result};
-use crate::rules::review::AwardCaps;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -30,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/products/{id}/stock", post(change_stock))
         .route("/products/{id}/stock-changes", get(stock_changes))
         .route("/exchange/redeem", post(redeem))
+        .route("/exchange/orders/{code}", get(order_by_code))
         .route("/reviews", get(reviews))
         .route("/review", post(review))
         .route("/statistics", get(statistics))
@@ -122,6 +122,15 @@ async fn redeem(
     Ok(Envelope(state.runner.run(&cmd).await?))
 }
 
+/// What a counter code is for, without redeeming it.
+async fn order_by_code(
+    State(state): State<AppState>,
+    _m: MerchantUser,
+    Path(code): Path<String>,
+) -> Result<Envelope<OrderLookup>> {
+    Ok(Envelope(exchange::order_by_code(&state.db, &code).await?))
+}
+
 async fn reviews(
     State(state): State<AppState>,
     _m: MerchantUser,
@@ -129,7 +138,14 @@ async fn reviews(
 ) -> Result<Envelope<Reviews>> {
     let page = q.page()?;
     Ok(Envelope(
-        photos::reviews(&state.db, &state.urls, q.status.as_deref(), page).await?,
+        photos::reviews(
+            &state.db,
+            &state.urls,
+            state.award_caps(),
+            q.status.as_deref(),
+            page,
+        )
+        .await?,
     ))
 }
 
@@ -138,17 +154,14 @@ async fn review(
     MerchantUser(m): MerchantUser,
     ApiJson(req): ApiJson<ReviewRequest>,
 ) -> Result<Envelope<ReviewOutcome>> {
-    let c = &state.config;
     let cmd = Review {
         merchant: m.user_id,
         upload_id: &req.upload_id,
         action: &req.action,
         points: req.points,
         reason: req.reason.as_deref(),
-        caps: AwardCaps {
-            multiplier: c.review_award_multiplier,
-            max: c.review_award_max,
-        },
+        caps: state.award_caps(),
+        urls: &state.urls,
     };
     Ok(Envelope(state.runner.run(&cmd).await?))
 }

@@ -295,6 +295,16 @@ pub async fn page_orders(
 }
 
 /// Locks an order by its counter code.
+pub async fn order_by_code(pool: &MySqlPool, code: &str) -> sqlx::Result<Option<OrderRow>> {
+    sqlx::query_as(
+        "SELECT exchange_id, exchange_code, user_id, product_id, product_name, quantity, total_cost, status, \
+         redeemed_at, created_at FROM exchange_orders WHERE exchange_code = ?",
+    )
+    .bind(code)
+    .fetch_optional(pool)
+    .await
+}
+
 pub async fn lock_order_by_code(tx: &mut Tx, code: &str) -> sqlx::Result<Option<OrderRow>> {
     sqlx::query_as(
         "SELECT exchange_id, exchange_code, user_id, product_id, product_name, quantity, total_cost, status, \

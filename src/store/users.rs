@@ -104,6 +104,7 @@ pub async fn set_merchant(pool: &MySqlPool, mobile: &str, merchant: bool) -> sql
 #[derive(Debug, Clone, FromRow)]
 pub struct LockedUser {
     pub user_id: UserId,
+    pub mobile: String,
     pub total_points: i64,
     pub last_seq: u64,
     pub pity_count: u32,
@@ -114,7 +115,7 @@ pub struct LockedUser {
 
 pub async fn lock(tx: &mut Tx, user_id: UserId) -> sqlx::Result<Option<LockedUser>> {
     sqlx::query_as(
-        "SELECT user_id, total_points, last_seq, pity_count, draw_day, draw_day_count, status \
+        "SELECT user_id, mobile, total_points, last_seq, pity_count, draw_day, draw_day_count, status \
          FROM users WHERE user_id = ? FOR UPDATE",
     )
     .bind(user_id)
