@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::net::{HttpLimits, RateSpec, TrustedProxies};
+pub use crate::secret::Secret;
 use crate::sms::SmsSettings;
 
 /// The development secret: known to everyone, so production refuses it.
@@ -28,26 +29,6 @@ pub enum AppEnv {
 pub enum LogFormat {
     Json,
     Pretty,
-}
-
-/// A value that must never reach a log line.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 /// Where receipt images are stored.
@@ -277,7 +258,7 @@ impl Reader<'_> {
                 };
                 let bucket = need("S3_BUCKET");
                 let access_key_id = need("S3_ACCESS_KEY_ID");
-                let secret_access_key = Secret(need("S3_SECRET_ACCESS_KEY"));
+                let secret_access_key = Secret::new(need("S3_SECRET_ACCESS_KEY"));
                 StorageBackend::S3 {
                     endpoint: self.get("S3_ENDPOINT"),
                     bucket,
@@ -351,8 +332,8 @@ impl Config {
 
         let config = Config {
             env,
-            database_url: Secret(database_url.unwrap_or_default()),
-            jwt_secret: Secret(jwt_secret),
+            database_url: Secret::new(database_url.unwrap_or_default()),
+            jwt_secret: Secret::new(jwt_secret),
             jwt_secret_is_default,
             bind_addr,
             log_level: r.get("LOG_LEVEL").unwrap_or_else(|| "info".into()),

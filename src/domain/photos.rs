@@ -54,9 +54,7 @@ pub async fn precheck(
     now: DateTime<Utc>,
     utc_offset_minutes: i32,
 ) -> Result<()> {
-    let mut tx = db.begin().await?;
-    let usage = store::photos::usage(&mut tx, user_id, day_start(now, utc_offset_minutes)).await?;
-    tx.rollback().await?;
+    let usage = store::photos::usage(db, user_id, day_start(now, utc_offset_minutes)).await?;
     quotas.check(&usage, 0)
 }
 
@@ -86,7 +84,7 @@ impl Command for RecordUpload<'_> {
     async fn run(&self, tx: &mut Tx, ctx: &mut Ctx) -> Result<Done<UploadResult>> {
         let guest = Account::lock(tx, self.user_id).await?;
         let usage = store::photos::usage(
-            tx,
+            &mut **tx,
             self.user_id,
             day_start(ctx.now, self.utc_offset_minutes),
         )

@@ -6,10 +6,10 @@ use axum::routing::{get, post};
 use protocol::VerifyResponse;
 use serde::Deserialize;
 
-use super::extract::{ApiJson, ClientIp, OptionalJson};
 use crate::app::AppState;
 use crate::domain::auth::{self, AuthUser, IssuedCode, LoggedOut, Logout, TokenPair};
 use crate::error::{Envelope, Result};
+use crate::extract::{ApiJson, ClientIp, OptionalJson};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

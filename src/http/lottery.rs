@@ -5,11 +5,11 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use protocol::{DrawRecords, DrawRequest, LotteryConfigView};
 
-use super::extract::{ApiJson, ApiQuery, IdempotencyKey, ListQuery};
 use crate::app::AppState;
 use crate::domain::auth::AuthUser;
 use crate::domain::lottery;
 use crate::error::{DataJson, Envelope, Result};
+use crate::extract::{ApiJson, ApiQuery, IdempotencyKey, ListQuery};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -10,7 +10,6 @@ use protocol::{
 };
 use serde::Deserialize;
 
-use super::extract::{ApiJson, ApiQuery, ListQuery, MerchantUser};
 use crate::app::AppState;
 use crate::domain::audit;
 use crate::domain::exchange::{
@@ -21,6 +20,7 @@ use crate::domain::lottery::{self, SettingsPatch, UpdatePrizes, UpdateSettings};
 use crate::domain::photos::{self, Review};
 use crate::domain::points::{AdjustLimits, AdminAdjust};
 use crate::error::{Envelope, Result};
+use crate::extract::{ApiJson, ApiQuery, ListQuery, MerchantUser};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

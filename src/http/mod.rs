@@ -4,7 +4,6 @@
 
 mod auth;
 mod exchange;
-pub mod extract;
 mod lottery;
 mod merchant;
 mod ops;

@@ -11,12 +11,12 @@ use futures::StreamExt;
 use protocol::{ErrorCode, UploadResult, Uploads};
 use serde::Deserialize;
 
-use super::extract::{ApiQuery, ClientIp, ListQuery, bearer_token};
 use crate::app::AppState;
 use crate::app::uploads::content_type_of_key;
 use crate::domain::auth::{AuthUser, authorize};
 use crate::domain::photos;
 use crate::error::{Envelope, Error, Result};
+use crate::extract::{ApiQuery, ClientIp, ListQuery, bearer_token};
 
 /// Room for the multipart framing and the `amount` field beside the image.
 const FORM_OVERHEAD: usize = 64 * 1024;

@@ -5,11 +5,11 @@ use axum::extract::State;
 use axum::routing::get;
 use protocol::{EntryKind, PointsRecord, PointsRecords, Source, UserInfo};
 
-use super::extract::{ApiQuery, ListQuery};
 use crate::app::AppState;
 use crate::domain::auth::{self, AuthUser};
 use crate::domain::stored_rfc3339;
 use crate::error::{Envelope, Error, Result};
+use crate::extract::{ApiQuery, ListQuery};
 use crate::store;
 
 pub fn routes() -> Router<AppState> {

@@ -8,7 +8,7 @@
 //! the shape of the page's "Example 1", which it names for SendSms.
 
 use super::{AliyunSettings, SmsError, SmsProvider, mask_phone};
-use crate::config::Secret;
+use crate::secret::Secret;
 use futures::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;

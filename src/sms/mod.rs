@@ -10,7 +10,7 @@ mod aliyun;
 
 pub use aliyun::AliyunSms;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use futures::future::BoxFuture;
 use reqwest::Url;
 use std::sync::Arc;

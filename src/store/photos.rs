@@ -46,7 +46,11 @@ pub struct Usage {
     pub pending: i64,
 }
 
-pub async fn usage(tx: &mut Tx, user_id: UserId, since: NaiveDateTime) -> sqlx::Result<Usage> {
+pub async fn usage<'e>(
+    ex: impl sqlx::MySqlExecutor<'e>,
+    user_id: UserId,
+    since: NaiveDateTime,
+) -> sqlx::Result<Usage> {
     sqlx::query_as(
         "SELECT \
            (SELECT COUNT(*) FROM photo_uploads WHERE user_id = ? AND created_at >= ?) AS today, \
@@ -59,7 +63,7 @@ pub async fn usage(tx: &mut Tx, user_id: UserId, since: NaiveDateTime) -> sqlx::
     .bind(user_id)
     .bind(since)
     .bind(user_id)
-    .fetch_one(&mut **tx)
+    .fetch_one(ex)
     .await
 }
 

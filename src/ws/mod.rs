@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::app::AppState;
 use crate::domain::auth::check_session;
 use crate::error::Error;
-use crate::http::extract::{ApiQuery, bearer_token};
+use crate::extract::{ApiQuery, bearer_token};
 
 #[derive(Debug, Deserialize)]
 pub struct WsParams {

@@ -1,5 +1,6 @@
-//! Extractors whose rejections speak the contract's envelope, in the
-//! product's words (the same words as the socket's for the same problem).
+//! What both doors take from a request — the caller, their address, a
+//! body, a query — with rejections that speak the contract's envelope in
+//! the product's words (the socket's words for the same problem).
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
