@@ -114,6 +114,10 @@ pub struct Config {
     pub adjust_max_per_call: i64,
     pub adjust_max_per_day: i64,
     pub storage: StorageBackend,
+    /// Redis shared by several instances (`None`: one instance).
+    pub redis_url: Option<Secret>,
+    /// Channels are named `{prefix}:u:{shard}`, `{prefix}:all`, `{prefix}:control`.
+    pub redis_channel_prefix: String,
     /// Prefix of `image_url`s, e.g. `https://api.example.com`; empty gives
     /// root-relative URLs (`/uploads/...`).
     pub public_base_url: String,
@@ -329,6 +333,23 @@ impl Config {
         let storage = r.storage();
         let http = r.http();
         let ip_limits = r.ip_limits();
+        let redis_url = r.get("REDIS_URL");
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://"))
+        {
+            r.problems
+                .push("REDIS_URL must be a redis:// URL such as redis://127.0.0.1:6379/".into());
+        }
+        let redis_channel_prefix = r.get("REDIS_CHANNEL_PREFIX").unwrap_or_else(|| "rp".into());
+        if !redis_channel_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            r.problems
+                .push("REDIS_CHANNEL_PREFIX must be letters, digits, _ - or .".into());
+        }
 
         let config = Config {
             env,
@@ -388,6 +409,8 @@ impl Config {
             adjust_max_per_call: r.num("ADJUST_MAX_PER_CALL", 10_000, 1, 1_000_000) as i64,
             adjust_max_per_day: r.num("ADJUST_MAX_PER_DAY", 100_000, 1, 100_000_000) as i64,
             storage,
+            redis_url: redis_url.map(Secret::new),
+            redis_channel_prefix,
             public_base_url: r.get("PUBLIC_BASE_URL").unwrap_or_default(),
             seed_demo_data: development,
         };

@@ -1,24 +1,34 @@
-//! Where committed effects go: this instance's sockets (the hub). The
-//! runner calls `deliver` after every commit and nowhere else.
+//! Where committed effects go: this instance's sockets (the hub), then the
+//! other instances (the fan-out, when Redis is configured). The runner
+//! calls `deliver` after every commit and nowhere else.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::fanout::Fanout;
 use crate::domain::Effects;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
 pub struct Delivery {
     hub: Arc<Hub>,
+    fanout: Option<Arc<Fanout>>,
     metrics: Arc<Metrics>,
 }
 
 impl Delivery {
-    pub fn new(hub: Arc<Hub>, metrics: Arc<Metrics>) -> Delivery {
-        Delivery { hub, metrics }
+    pub fn new(hub: Arc<Hub>, fanout: Option<Arc<Fanout>>, metrics: Arc<Metrics>) -> Delivery {
+        Delivery {
+            hub,
+            fanout,
+            metrics,
+        }
     }
 
     pub fn deliver(&self, effects: Effects) {
+        if let Some(f) = &self.fanout {
+            f.publish(&effects);
+        }
         if !effects.events.is_empty() {
             self.hub.deliver(&effects.events);
         }

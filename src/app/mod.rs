@@ -3,6 +3,7 @@
 //! is stored, receiving an image before its row is written).
 
 pub mod delivery;
+pub mod fanout;
 pub mod runner;
 pub mod services;
 pub mod uploads;
@@ -47,6 +48,8 @@ pub struct Inner {
     wheel: RwLock<LoadedWheel>,
     /// Every command goes through it.
     pub runner: Runner,
+    /// Sharing with other instances through Redis (`None`: one instance).
+    pub fanout: Option<Arc<fanout::Fanout>>,
     pub sms: Arc<dyn SmsProvider>,
     /// Per-client-IP rate limits of the public endpoints.
     pub limits: Limits,
@@ -86,7 +89,19 @@ impl AppState {
             config.ws_max_sockets_per_user,
             config.ws_outbox_capacity,
         ));
-        let delivery = Arc::new(Delivery::new(hub.clone(), metrics.clone()));
+        let shutdown = CancellationToken::new();
+        let fanout = config.redis_url.as_ref().and_then(|url| {
+            fanout::Fanout::start(
+                url.expose(),
+                &config.redis_channel_prefix,
+                hub.clone(),
+                db.clone(),
+                shutdown.clone(),
+            )
+            .inspect_err(|e| tracing::error!(error = %e, "REDIS_URL cannot be used; serving this instance's sockets only"))
+            .ok()
+        });
+        let delivery = Arc::new(Delivery::new(hub.clone(), fanout.clone(), metrics.clone()));
         let runner = Runner::new(db.clone(), delivery, metrics.clone());
         let secret = config.jwt_secret.expose();
         let keys = TokenKeys::new(secret, config.access_token_ttl);
@@ -99,12 +114,13 @@ impl AppState {
             urls,
             hub,
             runner,
+            fanout,
             sms,
             storage,
             metrics,
             wheel: RwLock::new(Arc::new(wheel)),
             started: Instant::now(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             sockets: TaskTracker::new(),
             clock: Clock::default(),
             connection_samples: Mutex::new(VecDeque::new()),

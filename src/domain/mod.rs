@@ -136,7 +136,7 @@ pub enum Audience {
 }
 
 /// A latest-value event for many sockets, serialized once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broadcast {
     pub audience: Audience,
     /// For per-product values: a broadcast older than one already sent for
@@ -156,7 +156,7 @@ impl Broadcast {
 }
 
 /// Sockets to close after commit: one session's, or all of a user's.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CloseSockets {
     pub user_id: UserId,
     pub session: Option<SessionId>,

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use crate::app::AppState;
 
 /// 200 when healthy or degraded (the wheel's configuration is invalid, so
-/// draws are refused but everything else works), 503 when the database
-/// cannot be reached.
+/// draws are refused but everything else works; or Redis is unreachable,
+/// so other instances' events arrive late), 503 when the database cannot
+/// be reached.
 pub async fn health(State(state): State<AppState>) -> Response {
     let started = Instant::now();
     let db = tokio::time::timeout(
@@ -26,7 +27,12 @@ pub async fn health(State(state): State<AppState>) -> Response {
         Err(_) => (false, Some("timed out after 2 s".to_string())),
     };
     let wheel = state.wheel();
-    let status = match (db_ok, wheel.is_ok()) {
+    let redis = match &state.fanout {
+        None => "disabled",
+        Some(f) if f.is_up() => "up",
+        Some(_) => "down",
+    };
+    let status = match (db_ok, wheel.is_ok() && redis != "down") {
         (false, _) => "unhealthy",
         (true, false) => "degraded",
         (true, true) => "healthy",
@@ -45,6 +51,9 @@ pub async fn health(State(state): State<AppState>) -> Response {
                 "connections": state.hub.connections(),
                 "users": state.hub.users(),
             },
+            // Down: this instance's sockets still get what it commits;
+            // others' events wait for Redis (or the catch-up).
+            "redis": { "status": redis },
             "lottery": match wheel.as_ref() {
                 Ok(w) => json!({ "status": "ok", "config_version": w.version }),
                 Err(why) => json!({ "status": "invalid", "error": why }),

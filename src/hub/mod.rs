@@ -22,6 +22,9 @@ pub enum Outgoing {
     User { seq: u64, frame: Utf8Bytes },
     /// A latest-value event for everyone (serialized once, shared bytes).
     Broadcast(Utf8Bytes),
+    /// The user's events up to this seq exist in the log; the socket reads
+    /// the ones it has not written (a doorbell another instance lost).
+    CatchUp(u64),
 }
 
 /// The queue between the hub and one socket's task. Lighter than a channel:
@@ -99,6 +102,9 @@ pub struct Conn {
     /// The login session whose token opened (or last refreshed) the socket;
     /// revoking the session closes it.
     pub session_id: AtomicU64,
+    /// Seq of the newest user event written to the socket (kept by its
+    /// task; read by the catch-up check).
+    pub sent_seq: AtomicU64,
     pub outbox: Outbox,
 }
 
@@ -149,6 +155,7 @@ impl Hub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             merchant: AtomicBool::new(false),
             session_id: AtomicU64::new(session_id.0),
+            sent_seq: AtomicU64::new(0),
             outbox: Outbox::new(self.outbox_capacity),
         });
         self.users.entry(user_id).or_default().push(conn.clone());
@@ -179,14 +186,36 @@ impl Hub {
     /// Pushes committed user events to every socket of their users.
     pub fn deliver(&self, events: &[UserEvent]) {
         for e in events {
-            let frame = Utf8Bytes::from(e.frame.clone());
-            for conn in self.sockets_of(e.user_id) {
-                conn.outbox.push(Outgoing::User {
-                    seq: e.seq,
-                    frame: frame.clone(),
-                });
+            self.deliver_frame(e.user_id, e.seq, Utf8Bytes::from(e.frame.clone()));
+        }
+    }
+
+    /// Pushes one user event (committed here or on another instance).
+    pub fn deliver_frame(&self, user_id: UserId, seq: u64, frame: Utf8Bytes) {
+        for conn in self.sockets_of(user_id) {
+            conn.outbox.push(Outgoing::User {
+                seq,
+                frame: frame.clone(),
+            });
+        }
+    }
+
+    /// Users with a socket here.
+    pub fn local_users(&self) -> Vec<UserId> {
+        self.users.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Tells the user's sockets that have not written up to `last_seq` to
+    /// read the rest from the log; returns how many were behind.
+    pub fn catch_up(&self, user_id: UserId, last_seq: u64) -> usize {
+        let mut behind = 0;
+        for conn in self.sockets_of(user_id) {
+            if conn.sent_seq.load(Ordering::Relaxed) < last_seq {
+                conn.outbox.push(Outgoing::CatchUp(last_seq));
+                behind += 1;
             }
         }
+        behind
     }
 
     /// Queues `frame` into every outbox of `audience`, walking the map in

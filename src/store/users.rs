@@ -155,3 +155,17 @@ pub async fn pity_count(pool: &MySqlPool, user_id: UserId) -> sqlx::Result<u32> 
         .await?;
     Ok(v.map(|v| v.0).unwrap_or(0))
 }
+
+/// The newest event seq of each of `users` (for the fan-out's catch-up).
+pub async fn last_seqs(pool: &MySqlPool, users: &[UserId]) -> sqlx::Result<Vec<(UserId, u64)>> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut qb = sqlx::QueryBuilder::new("SELECT user_id, last_seq FROM users WHERE user_id IN (");
+    let mut list = qb.separated(", ");
+    for u in users {
+        list.push_bind(*u);
+    }
+    qb.push(")");
+    qb.build_query_as().fetch_all(pool).await
+}

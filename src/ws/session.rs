@@ -46,9 +46,6 @@ struct Session<S> {
     state: AppState,
     auth: AuthUser,
     reg: Registration,
-    /// Seq of the newest user event written to this socket; events are
-    /// written in order with no gaps and no repeats.
-    last_sent_seq: u64,
     last_seen: Instant,
     /// Token bucket for the command rate.
     tokens: f64,
@@ -86,7 +83,6 @@ where
         state,
         auth,
         reg,
-        last_sent_seq: 0,
         last_seen: Instant::now(),
         tokens: burst,
         refilled: Instant::now(),
@@ -142,7 +138,7 @@ where
         last_seq: u64,
         since: Option<u64>,
     ) -> Result<(), End> {
-        self.last_sent_seq = last_seq;
+        self.set_sent(last_seq);
         let welcome = Welcome {
             user_id: self.auth.user_id,
             total_points,
@@ -272,7 +268,7 @@ where
                     .store(next.session_id.0, Ordering::Relaxed);
                 self.auth = next;
             }
-            Some(Change::SentUpTo(seq)) => self.last_sent_seq = self.last_sent_seq.max(seq),
+            Some(Change::SentUpTo(seq)) => self.set_sent(self.sent().max(seq)),
             None => {}
         }
         handled.frames
@@ -302,41 +298,79 @@ where
         self.apply(handled)
     }
 
+    /// Seq of the newest user event written to this socket; events are
+    /// written in order with no gaps and no repeats. Kept on the hub's
+    /// `Conn`, where the fan-out's catch-up reads it.
+    fn sent(&self) -> u64 {
+        self.reg.conn.sent_seq.load(Ordering::Relaxed)
+    }
+
+    fn set_sent(&self, seq: u64) {
+        self.reg.conn.sent_seq.store(seq, Ordering::Relaxed);
+    }
+
+    /// Appends the user's events in `(after, upto]` from the log; returns
+    /// the seq written up to, or `None` when the log could not be read
+    /// (nothing is skipped: a later event or the catch-up tries again).
+    async fn fill(
+        db: &sqlx::MySqlPool,
+        user_id: protocol::UserId,
+        frames: &mut Vec<Utf8Bytes>,
+        after: u64,
+        upto: u64,
+    ) -> Option<u64> {
+        match Box::pin(store::events::between(db, user_id, after, upto)).await {
+            Ok(missing) => {
+                let last = missing.last().map_or(after, |(seq, _)| *seq);
+                frames.extend(missing.into_iter().map(|(_, f)| Utf8Bytes::from(f)));
+                Some(last)
+            }
+            Err(e) => {
+                tracing::warn!(user_id = user_id.0, error = %e, "could not read missed events; will try again");
+                None
+            }
+        }
+    }
+
     /// Writes queued hub messages. User events go out in `seq` order: one
     /// that arrives ahead of its predecessors (two commits pushed in the
-    /// other order) first pulls the missing ones from the database, and one
-    /// already written (by a replay) is skipped.
+    /// other order, or a doorbell another instance lost) first pulls the
+    /// missing ones from the database, and one already written (by a
+    /// replay) is skipped.
     async fn flush_outbox(&mut self) -> Result<(), End> {
         let mut frames: Vec<Utf8Bytes> = Vec::new();
+        let mut sent = self.sent();
+        let (db, user_id) = (&self.state.db, self.auth.user_id);
         for item in self.reg.conn.outbox.take() {
             match item {
                 Outgoing::Broadcast(frame) => frames.push(frame),
                 Outgoing::User { seq, frame } => {
-                    if seq <= self.last_sent_seq {
+                    if seq <= sent {
                         continue;
                     }
-                    if seq > self.last_sent_seq + 1 {
-                        match Box::pin(store::events::between(
-                            &self.state.db,
-                            self.auth.user_id,
-                            self.last_sent_seq,
-                            seq - 1,
-                        ))
-                        .await
-                        {
-                            Ok(missing) => {
-                                frames.extend(missing.into_iter().map(|(_, f)| Utf8Bytes::from(f)))
+                    if seq > sent + 1 {
+                        match Self::fill(db, user_id, &mut frames, sent, seq - 1).await {
+                            Some(upto) if upto == seq - 1 => {}
+                            Some(upto) => {
+                                // The log ends early: this frame would skip a seq.
+                                sent = upto;
+                                continue;
                             }
-                            Err(e) => {
-                                tracing::warn!(user_id = self.auth.user_id.0, error = %e, "could not fill an event gap; the client will resync")
-                            }
+                            None => continue,
                         }
                     }
                     frames.push(frame);
-                    self.last_sent_seq = seq;
+                    sent = seq;
                 }
+                Outgoing::CatchUp(upto) if upto > sent => {
+                    if let Some(upto) = Self::fill(db, user_id, &mut frames, sent, upto).await {
+                        sent = upto;
+                    }
+                }
+                Outgoing::CatchUp(_) => {}
             }
         }
+        self.set_sent(sent);
         self.write_bytes(frames).await
     }
 
