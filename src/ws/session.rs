@@ -101,8 +101,11 @@ where
 {
     /// Sends the close frame, then reads (and drops) whatever the client
     /// still sends until its own close frame or the end, bounded: dropping
-    /// the connection with unread data would reset it, and the client would
-    /// lose the close frame and see 1006.
+    /// the connection with unread data would reset it, and a client could
+    /// lose the close frame and see 1006. (After a read error — 1007, 1009 —
+    /// the socket reads nothing more, so those connections still end in a
+    /// reset right after the close frame, which clients were seen to
+    /// receive.)
     async fn close(&mut self, code: u16, reason: &'static str) {
         let frame = CloseFrame {
             code,
