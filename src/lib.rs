@@ -142,10 +142,59 @@ pub mod cli {
     }
 }
 
-/// What the benches measure: the hub's fan-out and the wheel's pick.
+/// What the benches and the load generator measure: the hub's fan-out, the
+/// wheel's pick, and the draw command itself on a database.
 #[doc(hidden)]
 pub mod bench {
     pub use crate::hub::Hub;
     pub use crate::rules::wheel::demo as demo_wheel;
     pub use protocol::{SessionId, UserId};
+
+    use crate::app::delivery::Delivery;
+    use crate::app::runner::Runner;
+    use crate::domain::IdemKey;
+    use crate::domain::lottery::{Draw, load_wheel};
+    use crate::metrics::Metrics;
+    use crate::rules::wheel::WheelConfig;
+    use std::sync::Arc;
+
+    /// The server's draw — the same command, through the same runner
+    /// (idempotency claim, retries, commit) — without HTTP or sockets: the
+    /// database side of a draw, as the load generator's baseline.
+    pub struct DrawBench {
+        runner: Runner,
+        wheel: WheelConfig,
+    }
+
+    impl DrawBench {
+        /// On a migrated database whose wheel is valid.
+        pub async fn new(db: sqlx::MySqlPool) -> Result<DrawBench, crate::BoxError> {
+            let wheel = load_wheel(&db).await??;
+            let metrics = Arc::new(Metrics::new());
+            let hub = Arc::new(Hub::new(1, 1));
+            let delivery = Arc::new(Delivery::new(hub, None, metrics.clone()));
+            Ok(DrawBench {
+                runner: Runner::new(db, delivery, metrics),
+                wheel,
+            })
+        }
+
+        /// One draw of `user` under idempotency key `key`; an error is its
+        /// code (`4005`, `2010`, …) and message.
+        pub async fn draw(&self, user: UserId, key: &str) -> Result<(), String> {
+            let key = IdemKey::parse(key).map_err(|e| e.to_string())?;
+            let cmd = Draw {
+                user_id: user,
+                draw_count: 1,
+                wheel: &self.wheel,
+                utc_offset_minutes: 8 * 60,
+                key: Some(&key),
+            };
+            self.runner
+                .run_keyed(&cmd, Some((user, &key)))
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{} {}", e.code().code(), e))
+        }
+    }
 }
