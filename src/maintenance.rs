@@ -81,6 +81,7 @@ async fn every_minute(state: AppState) {
     let mut every = Every::new(MINUTE).await;
     while every.next(&state).await {
         state.limits.prune();
+        state.hub.prune_versions();
         state.sample_connections();
     }
 }

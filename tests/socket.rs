@@ -949,3 +949,93 @@ async fn a_draw_running_when_shutdown_begins_is_answered_before_the_1001_close()
         Some(audit.total_points)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Order when broadcasts and replies interleave
+// ---------------------------------------------------------------------------
+
+/// A guest draws on their socket while a merchant restocks a product over
+/// and over: the socket's frames interleave — replies, the guest's own
+/// `points_update`s, everyone's `stock_update`s — and each stream keeps its
+/// order: one reply per command, events gap-free by `seq`, the product's
+/// stock only ever going up as the restocks did.
+#[tokio::test]
+async fn a_sockets_replies_events_and_broadcasts_each_keep_their_order_when_they_interleave() {
+    let server = TestServer::start().await;
+    let merchant = server.new_merchant().await;
+    let guest = server.login_new().await;
+    let (_, body) = server
+        .post(
+            "/api/merchant/products",
+            Some(&merchant.access_token),
+            json!({ "name": "顺序测试", "category": "测试", "exchange_points": 10, "stock": 0, "status": "inactive" }),
+            &[],
+        )
+        .await;
+    let product = body["data"]["product_id"]
+        .as_u64()
+        .expect("product created");
+    let mut ws = server.connect(&guest).await;
+    let first_seq = ws.welcome.as_ref().unwrap().data["last_seq"]
+        .as_u64()
+        .unwrap();
+
+    const DRAWS: usize = 8;
+    const RESTOCKS: i64 = 60;
+    let restocks = {
+        let http = server.http.clone();
+        let url = server.url(&format!("/api/merchant/products/{product}/stock"));
+        let token = merchant.access_token.clone();
+        tokio::spawn(async move {
+            for _ in 0..RESTOCKS {
+                let a = common::post_json(
+                    &http,
+                    &url,
+                    &token,
+                    json!({ "operation": "restock", "quantity": 1 }),
+                    None,
+                )
+                .await;
+                a.ok();
+            }
+        })
+    };
+    for i in 0..DRAWS {
+        ws.send_command(
+            &format!("o-{i}"),
+            "lottery.draw",
+            json!({ "draw_count": 1 }),
+        )
+        .await;
+    }
+
+    let (mut replies, mut seqs, mut stocks) = (Vec::new(), Vec::new(), Vec::new());
+    while replies.len() < DRAWS || stocks.last() != Some(&RESTOCKS) {
+        let f = ws.next().await;
+        match f.kind.as_str() {
+            "reply" => {
+                assert_eq!(f.code, Some(0), "{f:?}");
+                replies.push(f.id.clone().unwrap());
+            }
+            "points_update" => seqs.push(f.seq.unwrap()),
+            "stock_update" if f.data["product_id"] == product => {
+                stocks.push(f.data["stock"].as_i64().unwrap())
+            }
+            _ => {}
+        }
+    }
+    restocks.await.unwrap();
+
+    let expected: Vec<String> = (0..DRAWS).map(|i| format!("o-{i}")).collect();
+    assert_eq!(
+        replies, expected,
+        "one reply per command, in the order sent"
+    );
+    let expected: Vec<u64> = (first_seq + 1..=first_seq + DRAWS as u64).collect();
+    assert_eq!(seqs, expected, "the guest's events gap-free and in order");
+    assert!(
+        stocks.windows(2).all(|w| w[0] < w[1]),
+        "the stock only goes up, as the restocks did: {stocks:?}"
+    );
+    server.audit(guest.user_id).await.assert_consistent();
+}

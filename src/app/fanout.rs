@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Audience, Broadcast, CloseSockets, Effects};
+use crate::domain::{Audience, Broadcast, CloseSockets, UserEvent};
 use crate::hub::Hub;
 use crate::store;
 
@@ -119,6 +119,7 @@ fn decode(text: &str) -> Option<(&str, Message)> {
             Message::Broadcast(Broadcast {
                 audience,
                 version,
+                coalesce: None,
                 frame,
             })
         }
@@ -222,17 +223,16 @@ impl Fanout {
 
     /// Hands committed effects to the other instances (this one already
     /// delivered them). Never waits.
-    pub fn publish(&self, effects: &Effects) {
-        let messages = effects
-            .events
+    pub fn publish(&self, events: &[UserEvent], broadcasts: &[Broadcast], closes: &[CloseSockets]) {
+        let messages = events
             .iter()
             .map(|e| Message::User {
                 user_id: e.user_id,
                 seq: e.seq,
                 frame: e.frame.clone(),
             })
-            .chain(effects.broadcasts.iter().cloned().map(Message::Broadcast))
-            .chain(effects.closes.iter().copied().map(Message::Close));
+            .chain(broadcasts.iter().cloned().map(Message::Broadcast))
+            .chain(closes.iter().copied().map(Message::Close));
         for m in messages {
             if self.outbound.try_send(m).is_err() {
                 tracing::warn!(
@@ -439,11 +439,13 @@ mod tests {
             Message::Broadcast(Broadcast {
                 audience: Audience::Everyone,
                 version: Some((ProductId(3), 9)),
+                coalesce: None,
                 frame: "{\"type\":\"stock_update\"}".into(),
             }),
             Message::Broadcast(Broadcast {
                 audience: Audience::Merchants,
                 version: None,
+                coalesce: None,
                 frame: "{}".into(),
             }),
             Message::Close(CloseSockets {

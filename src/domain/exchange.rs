@@ -68,24 +68,28 @@ fn stock_broadcast(p: &ProductRow, operation: StockOperation, ctx: &Ctx) -> Broa
     Broadcast {
         audience: Audience::Everyone,
         version: Some((p.product_id, p.stock_version)),
+        coalesce: None,
         frame: event_frame(event::STOCK_UPDATE, None, &update),
     }
 }
 
 /// `product_update` for every socket: what guests see of a product changed.
 fn product_broadcast(p: &ProductRow, ctx: &Ctx) -> Broadcast {
-    Broadcast::new(
-        Audience::Everyone,
-        event::PRODUCT_UPDATE,
-        &ProductUpdate {
-            product_id: p.product_id,
-            name: p.name.clone(),
-            exchange_points: p.exchange_points as i64,
-            status: p.status,
-            stock: p.stock as i64,
-            timestamp: rfc3339(ctx.now),
-        },
-    )
+    Broadcast {
+        coalesce: Some(p.product_id),
+        ..Broadcast::new(
+            Audience::Everyone,
+            event::PRODUCT_UPDATE,
+            &ProductUpdate {
+                product_id: p.product_id,
+                name: p.name.clone(),
+                exchange_points: p.exchange_points as i64,
+                status: p.status,
+                stock: p.stock as i64,
+                timestamp: rfc3339(ctx.now),
+            },
+        )
+    }
 }
 
 /// Exchanges `quantity` of a product for points in one transaction.

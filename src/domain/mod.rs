@@ -142,6 +142,9 @@ pub struct Broadcast {
     /// For per-product values: a broadcast older than one already sent for
     /// the same product is dropped (stock never goes back).
     pub version: Option<(ProductId, u64)>,
+    /// Changes of one product that land within a few milliseconds of each
+    /// other are sent once, the newest (`product_update`).
+    pub coalesce: Option<ProductId>,
     pub frame: String,
 }
 
@@ -150,6 +153,7 @@ impl Broadcast {
         Broadcast {
             audience,
             version: None,
+            coalesce: None,
             frame: event_frame(kind, None, data),
         }
     }

@@ -108,13 +108,18 @@ pub struct Conn {
     pub outbox: Outbox,
 }
 
+/// How long a product's newest stock version is remembered after its last
+/// broadcast.
+const VERSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub struct Hub {
     /// Sockets per user, oldest first.
     users: DashMap<UserId, Vec<Arc<Conn>>>,
-    /// The newest stock version broadcast per product: an older broadcast
-    /// that lost a race to a newer one is dropped, so no socket ever sees a
-    /// stock go back to an older value.
-    versions: DashMap<ProductId, u64>,
+    /// The newest stock version broadcast per product, and when: an older
+    /// broadcast that lost a race to a newer one is dropped, so no socket
+    /// ever sees a stock go back to an older value. Entries not touched for
+    /// `VERSION_TTL` are pruned (no race lasts that long).
+    versions: DashMap<ProductId, (u64, std::time::Instant)>,
     /// Live sockets in all (kept beside the map so reading it locks nothing).
     total: AtomicUsize,
     next_id: AtomicU64,
@@ -250,11 +255,12 @@ impl Hub {
         match b.version {
             None => self.push_all(b.audience, &frame),
             Some((product, version)) => {
-                let mut newest = self.versions.entry(product).or_insert(0);
-                if *newest >= version {
+                let now = std::time::Instant::now();
+                let mut newest = self.versions.entry(product).or_insert((0, now));
+                if newest.0 >= version {
                     return 0;
                 }
-                *newest = version;
+                *newest = (version, now);
                 self.push_all(b.audience, &frame)
             }
         }
@@ -267,6 +273,15 @@ impl Hub {
                 c.outbox.close_with(code);
             }
         }
+    }
+
+    /// Forgets the stock versions of products not broadcast for
+    /// `VERSION_TTL`; returns how many are left.
+    pub fn prune_versions(&self) -> usize {
+        let now = std::time::Instant::now();
+        self.versions
+            .retain(|_, (_, at)| now.duration_since(*at) < VERSION_TTL);
+        self.versions.len()
     }
 
     pub fn connections(&self) -> usize {
@@ -363,6 +378,7 @@ mod tests {
         Broadcast {
             audience: Audience::Everyone,
             version: Some((ProductId(product), version)),
+            coalesce: None,
             frame: frame.into(),
         }
     }
@@ -386,6 +402,7 @@ mod tests {
         let b = Broadcast {
             audience: Audience::Merchants,
             version: None,
+            coalesce: None,
             frame: "{}".into(),
         };
         assert_eq!(hub.broadcast(&b), 1);
