@@ -646,6 +646,50 @@ async fn with_one_upload_slot_a_second_upload_waits_2_s_then_gets_503_with_2010_
     );
 }
 
+// The previous server had no bound at all; without one per guest, one
+// account sending slowly could hold every slot the others share.
+#[tokio::test]
+async fn one_guest_may_send_two_uploads_at_once_and_a_third_is_told_to_retry_at_once() {
+    let (server, _dir) = start_local_with(|_| {}).await;
+    let guest = server.login_new().await;
+    let other = server.login_new().await;
+
+    let body = receipt_form(JPEG_16X8, "12.50");
+    let tail = closing();
+    let (sent, held_back) = body.split_at(body.len() - tail.len());
+    let slots = server.state.uploads.available_permits();
+    let mut held = Vec::new();
+    for n in 1..=2 {
+        let mut up = RawUpload::start(&server, &guest, body.len()).await;
+        up.send(sent).await;
+        eventually("the upload takes a slot", WAIT, || {
+            std::future::ready(server.state.uploads.available_permits() == slots - n)
+        })
+        .await;
+        held.push(up);
+    }
+
+    let started = Instant::now();
+    let (a, headers) = upload_with_headers(&server, &guest, JPEG_16X8).await;
+    assert_eq!((a.status, a.code()), (503, 2010), "{}", a.text);
+    assert_eq!(
+        headers.get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "refused at once, not after waiting for a shared slot"
+    );
+    upload_ok(&server, &other, JPEG_16X8).await;
+
+    for mut up in held {
+        up.send(held_back).await;
+        up.answer().await.ok();
+    }
+    upload_ok(&server, &guest, JPEG_16X8).await;
+    assert_eq!(upload_rows(&server, guest.user_id).await, 3);
+}
+
 // The previous server read the whole body into memory before looking at
 // it: with the rest of the body never sent, it never answered.
 #[tokio::test]

@@ -55,6 +55,8 @@ pub struct Inner {
     pub limits: Limits,
     /// Receipts being received at once (each holds a bounded buffer).
     pub uploads: Semaphore,
+    /// Receipts each guest is sending now (see `uploads::PER_USER`).
+    pub uploading: dashmap::DashMap<protocol::UserId, usize>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     /// Cancelled when the server starts shutting down (see
@@ -110,6 +112,7 @@ impl AppState {
             code_key: CodeKey::derive(secret),
             limits: Limits::new(&config),
             uploads: Semaphore::new(config.upload_max_in_flight),
+            uploading: dashmap::DashMap::new(),
             keys,
             urls,
             hub,

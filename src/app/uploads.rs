@@ -21,6 +21,9 @@ use crate::storage::ScratchPath;
 
 /// How long an upload waits for a free slot before it is told to retry.
 const SLOT_WAIT: Duration = Duration::from_secs(2);
+/// Uploads one guest may be sending at once: a phone sends one receipt at
+/// a time, and one account must not hold the slots everyone shares.
+const PER_USER: usize = 2;
 
 /// An upload being received.
 pub struct Incoming<'a> {
@@ -28,6 +31,7 @@ pub struct Incoming<'a> {
     user_id: UserId,
     /// Held until the upload is stored: bounds uploads in flight.
     _slot: SemaphorePermit<'a>,
+    _mine: UserSlot<'a>,
     image: Option<(ImageInfo, ScratchPath)>,
 }
 
@@ -70,6 +74,10 @@ impl AppState {
         )
         .await
         .inspect_err(|_| self.metrics.limit_hit("upload_quota"))?;
+        let mine = UserSlot::take(&self.uploading, user_id).ok_or_else(|| {
+            self.metrics.limit_hit("uploads_in_flight_per_user");
+            Error::Refused(ErrorCode::Busy)
+        })?;
         let slot = tokio::time::timeout(SLOT_WAIT, self.uploads.acquire())
             .await
             .map_err(|_| {
@@ -81,6 +89,7 @@ impl AppState {
             state: self,
             user_id,
             _slot: slot,
+            _mine: mine,
             image: None,
         })
     }
@@ -155,5 +164,31 @@ impl Incoming<'_> {
             Err(ImageError::Input(e)) => Err(e),
             Err(ImageError::Io(e)) => Err(Error::internal(ErrorCode::UploadFailed, e)),
         }
+    }
+}
+
+/// One of a guest's `PER_USER` upload slots, given back on drop.
+struct UserSlot<'a> {
+    map: &'a dashmap::DashMap<UserId, usize>,
+    user_id: UserId,
+}
+
+impl<'a> UserSlot<'a> {
+    fn take(map: &'a dashmap::DashMap<UserId, usize>, user_id: UserId) -> Option<UserSlot<'a>> {
+        let mut n = map.entry(user_id).or_insert(0);
+        if *n >= PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot { map, user_id })
+    }
+}
+
+impl Drop for UserSlot<'_> {
+    fn drop(&mut self) {
+        self.map.remove_if_mut(&self.user_id, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
     }
 }
