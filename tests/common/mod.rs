@@ -528,3 +528,33 @@ pub async fn count(server: &TestServer, sql: &'static str, id: u64) -> i64 {
         .unwrap();
     n
 }
+
+impl TestServer {
+    /// Like `start_with`, on a given address: a server restarted where the
+    /// first one was (after `stop`), so that clients reconnecting to the old
+    /// address find it again.
+    pub async fn start_on(addr: SocketAddr, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = test_config().await;
+        adjust(&mut config);
+        let url = config.database_url.expose().to_string();
+        let state = restaurant_points::prepare(config)
+            .await
+            .expect("server prepares");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind {addr} again: {e}"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(restaurant_points::serve(listener, state.clone(), async {
+            let _ = rx.await;
+        }));
+        let db = MySqlPool::connect(&url).await.unwrap();
+        TestServer {
+            addr,
+            state,
+            db,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            http: reqwest::Client::new(),
+        }
+    }
+}

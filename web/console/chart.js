@@ -40,11 +40,12 @@ export function chart({ kind, points, title, color = '#c2410c', width = 560, hei
   svg.append(el('title', {}, title));
   const y = (v) => pad.t + hgt - (hgt * (Number(v) || 0)) / max;
 
-  // grid and y labels: 0, max/2, max
+  // grid and y labels: 0, max/2 (when whole), max
   for (const f of [0, 0.5, 1]) {
     const yy = pad.t + hgt - hgt * f;
     svg.append(el('line', { x1: pad.l, x2: pad.l + w, y1: yy, y2: yy, stroke: f === 0 ? '#cfc7bc' : '#eee8e0', 'stroke-width': 1 }));
-    svg.append(el('text', { x: pad.l - 6, y: yy + 4, 'text-anchor': 'end', 'font-size': 11, fill: '#8c959f' }, compact(max * f)));
+    // Counts are integers: no "0.5" (or a rounded "1" twice) on the axis.
+    if (Number.isInteger(max * f)) svg.append(el('text', { x: pad.l - 6, y: yy + 4, 'text-anchor': 'end', 'font-size': 11, fill: '#8c959f' }, compact(max * f)));
   }
 
   const n = points.length;

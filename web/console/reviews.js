@@ -1,13 +1,9 @@
-// Review queue: pending receipts arrive live (`review_queue`), each can be
-// approved (points prefilled from the estimate, cap shown as the input's
-// max; the server judges) or rejected with a reason. A reviewed upload
-// leaves the queue on every open console.
+// Review queue: pending receipts arrive live (`review_queue`, which carries
+// everything a row shows), each can be approved (points prefilled from the
+// estimate, the receipt's award cap `max_points` as the input's max; the
+// server judges) or rejected with a reason. A reviewed upload leaves the
+// queue on every open console.
 import { h, fill, showMsg, toast, fmtTime, fmtMoney, fmtInt, pager, flash, badge, openDialog } from '../shared/ui.js';
-
-/** The award cap the server applies (DESIGN: REVIEW_AWARD_MULTIPLIER × estimate, at most REVIEW_AWARD_MAX). */
-export const AWARD_MULTIPLIER = 10;
-export const AWARD_MAX = 50000;
-export const awardCap = (estimate) => Math.min(AWARD_MULTIPLIER * (Number(estimate) || 0), AWARD_MAX);
 
 const REASONS = ['小票照片不清晰', '非本店小票', '小票重复上传', '金额与小票不符', '小票已过期'];
 const FILTERS = [['pending', '待审核'], ['approved', '已通过'], ['rejected', '已驳回'], ['', '全部']];
@@ -51,20 +47,19 @@ export function reviewsSection(panel, ctx) {
 
   function row(r) {
     const pending = r.review_status === 'pending';
-    const cap = awardCap(r.estimated_points);
+    // The server's cap for this receipt (min(multiplier × estimate, maximum), at least 1).
+    const cap = Number.isFinite(Number(r.max_points)) && r.max_points !== null ? Number(r.max_points) : null;
     const img = h('img', { src: r.image_url || undefined, alt: `小票，金额 ${fmtMoney(r.amount)}`, loading: 'lazy', 'data-testid': 'review-image' });
     img.addEventListener('error', () => {
       // A signed URL may have expired while the page stayed open: fetch fresh ones once.
       if (reloadingImages < 1) {
         reloadingImages += 1;
-        setTimeout(() => load().finally(() => { setTimeout(() => { reloadingImages = 0; }, 30_000); }), 500);
+        setTimeout(() => load({ merge: true }).finally(() => { setTimeout(() => { reloadingImages = 0; }, 30_000); }), 500);
       }
     });
-    const thumb = h('button', { type: 'button', class: 'receipt-thumb', 'aria-label': '查看小票大图', onclick: () => { bigImg.src = r.image_url; openDialog(lightbox); } }, img);
+    const thumb = h('button', { type: 'button', class: 'receipt-thumb', 'aria-label': '查看小票大图', onclick: () => { bigImg.src = img.src; openDialog(lightbox); } }, img);
     const msg = h('div', { class: 'msg', 'data-testid': 'review-error', hidden: true });
     const el = h('article', { class: 'review-card', 'data-testid': 'review-row', 'data-upload-id': r.upload_id, 'data-status': r.review_status });
-    // A row built from a live event may lack the image URL or the mobile: the list fills them in.
-    if (!r.image_url || !r.user_mobile) el.dataset.incomplete = '1';
     el.append(
       thumb,
       h('div', { class: 'review-body' },
@@ -90,14 +85,16 @@ export function reviewsSection(panel, ctx) {
     const idp = `pts-${r.upload_id}`;
     const idr = `rsn-${r.upload_id}`;
     const points = h('input', {
-      id: idp, class: 'input input-sm num', type: 'number', inputmode: 'numeric', min: 1, max: cap, step: 1,
+      id: idp, class: 'input input-sm num', type: 'number', inputmode: 'numeric', min: 1, max: cap ?? undefined, step: 1,
       value: r.estimated_points, 'data-testid': 'review-points', 'aria-describedby': `${idp}-cap`,
     });
-    const capHint = h('div', { id: `${idp}-cap`, class: 'help', 'data-testid': 'review-cap', 'data-cap': cap }, `上限 ${fmtInt(cap)}`);
+    const capText = cap === null ? '' : `上限 ${fmtInt(cap)}`;
+    const capHint = h('div', { id: `${idp}-cap`, class: 'help', 'data-testid': 'review-cap', 'data-cap': cap ?? '' }, capText);
     points.addEventListener('input', () => {
-      const over = Number(points.value) > cap;
+      // A value over the cap is still sent: the server judges and says why.
+      const over = cap !== null && Number(points.value) > cap;
       capHint.classList.toggle('warn', over);
-      capHint.textContent = over ? `超过上限 ${fmtInt(cap)}，服务器可能拒绝` : `上限 ${fmtInt(cap)}`;
+      capHint.textContent = over ? `超过上限 ${fmtInt(cap)}，服务器会拒绝` : capText;
     });
     const reason = h('input', { id: idr, class: 'input input-sm', type: 'text', list: 'reject-reasons', maxlength: 200, placeholder: '驳回原因', 'data-testid': 'review-reason' });
     const approve = h('button', { type: 'button', class: 'btn btn-ok btn-sm', 'data-testid': 'approve' }, '通过');
@@ -175,7 +172,12 @@ export function reviewsSection(panel, ctx) {
         for (const r of items) {
           const e = shown.get(r.upload_id);
           if (!e) listEl.append(row(r));
-          else if (e.dataset.status !== r.review_status || e.dataset.incomplete) e.replaceWith(row(r));
+          else if (e.dataset.status !== r.review_status) e.replaceWith(row(r));
+          else {
+            // Same row: keep what was typed, take the freshly signed image URL.
+            const img = e.querySelector('[data-testid="review-image"]');
+            if (img && r.image_url && img.getAttribute('src') !== r.image_url) img.src = r.image_url;
+          }
         }
       } else {
         fill(listEl, items.map(row));
@@ -200,19 +202,25 @@ export function reviewsSection(panel, ctx) {
     }, 300);
   }
 
-  /** `review_queue`: {upload_id, status, user_id, amount, estimated_points, image_url, created_at}. */
+  /**
+   * `review_queue`: {upload_id, status, user_id, user_mobile, image_url,
+   * max_points, amount, estimated_points, points_awarded, created_at} —
+   * everything a row shows, so a new upload needs no request.
+   */
   function onQueue(d) {
     if (d.status === 'pending') {
       scheduleCount();
       if (filter !== 'pending' && filter !== '') return;
       if (listEl.querySelector(`[data-upload-id="${CSS.escape(d.upload_id)}"]`)) return;
+      // Pending is oldest first: a new upload belongs on the last page.
+      if (filter === 'pending' && page < Number(pagerBox.firstChild?.dataset.totalPages || 1)) return;
       listEl.querySelector('[data-testid="reviews-empty"]')?.remove();
       const el = row({ ...d, review_status: 'pending' });
-      // Pending is oldest first: a new upload goes to the end.
-      listEl.append(el);
+      // Pending rows come first (under "all", the reviewed ones follow them).
+      const firstReviewed = listEl.querySelector('[data-testid="review-row"]:not([data-status="pending"])');
+      listEl.insertBefore(el, firstReviewed);
       flash(el);
       toast(`新小票待审核：${fmtMoney(d.amount)}`, 'info');
-      if (el.dataset.incomplete) load({ merge: true });
     } else {
       settle(d.upload_id, d.status);
     }

@@ -38,7 +38,7 @@ export function statsSection(panel, ctx) {
   const updated = h('span', { class: 'tiny', 'data-testid': 'stats-updated' });
   const hErr = h('div', { class: 'msg', 'data-testid': 'hourly-error', hidden: true });
   const charts = h('div', { class: 'grid grid-2', 'data-testid': 'hourly-charts' });
-  const hoursSel = h('select', { id: 'stats-hours', class: 'input input-sm', 'data-testid': 'hourly-hours', style: 'width:auto' },
+  const hoursSel = h('select', { id: 'stats-hours', class: 'input input-sm input-auto', 'data-testid': 'hourly-hours' },
     [24, 48, 72].map((n) => h('option', { value: n, selected: n === hours }, `最近 ${n} 小时`)));
   hoursSel.addEventListener('change', () => { hours = Number(hoursSel.value); loadHourly(); });
   const reload = h('button', { type: 'button', class: 'btn btn-ghost btn-sm', 'data-testid': 'stats-reload', onclick: () => load() }, '刷新');

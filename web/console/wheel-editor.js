@@ -53,9 +53,12 @@ export function validateWheel(rows) {
   rows.forEach((r, i) => {
     const n = `第 ${i + 1} 行（${r.angle}°）`;
     if (!r.prize_name.trim()) add(`${n}：奖品名称不能为空`, i, 'prize_name');
+    else if ([...r.prize_name.trim()].length > 20) add(`${n}：奖品名称最多 20 个字`, i, 'prize_name');
     if (!TYPE_TEXT[r.prize_type]) add(`${n}：类型无效`, i, 'prize_type');
     if (moneyText(r.prize_value) === null) add(`${n}：奖品价值须为最多两位小数的非负数`, i, 'prize_value');
     else if (r.prize_type === 'points' && !/^\d+(\.0{1,2})?$/.test(r.prize_value.trim())) add(`${n}：积分奖品的价值须为整数积分`, i, 'prize_value');
+    else if (r.prize_type === 'points' && Number(r.prize_value) > 100000) add(`${n}：积分奖品最多 100000 积分`, i, 'prize_value');
+    else if (r.prize_type !== 'points' && Number(r.prize_value) > 10000) add(`${n}：奖品价值最多 10000.00`, i, 'prize_value');
     if (!/^#[0-9a-fA-F]{6}$/.test(r.color)) add(`${n}：颜色须为 #RRGGBB`, i, 'color');
     const w = parseWeight(r.probability);
     if (w === null) add(`${n}：概率须为 0–1 之间、最多四位小数的数`, i, 'probability');
@@ -85,12 +88,16 @@ export function wheelSection(panel, ctx) {
   let loadedVersion = null;
 
   /* ---------- settings ---------- */
+  // The server's bounds (protocol/README.md, "Lottery settings").
+  const RANGES = { cost_points: [10, 10000, '每次消耗积分'], pity_threshold: [1, 100, '保底阈值'], daily_limit: [0, 1000, '每日次数上限'] };
+  const num = (id, key, testid) => h('input', {
+    id, class: 'input num', type: 'number', min: RANGES[key][0], max: RANGES[key][1], step: 1, inputmode: 'numeric', 'data-testid': testid,
+  });
   const sf = {
-    cost_points: h('input', { id: 'ws-cost', class: 'input num', type: 'number', min: 1, max: 100000, step: 1, inputmode: 'numeric', 'data-testid': 'settings-cost' }),
-    pity_threshold: h('input', { id: 'ws-pity', class: 'input num', type: 'number', min: 1, max: 1000, step: 1, inputmode: 'numeric', 'data-testid': 'settings-pity' }),
-    daily_limit: h('input', { id: 'ws-daily', class: 'input num', type: 'number', min: 0, max: 10000, step: 1, inputmode: 'numeric', 'data-testid': 'settings-daily' }),
+    cost_points: num('ws-cost', 'cost_points', 'settings-cost'),
+    pity_threshold: num('ws-pity', 'pity_threshold', 'settings-pity'),
+    daily_limit: num('ws-daily', 'daily_limit', 'settings-daily'),
   };
-  const RANGES = { cost_points: [1, 100000, '每次消耗积分'], pity_threshold: [1, 1000, '保底阈值'], daily_limit: [0, 10000, '每日次数上限'] };
   const sIssues = h('ul', { class: 'issues', 'data-testid': 'settings-issues' });
   const sErr = h('div', { class: 'msg', 'data-testid': 'settings-error', hidden: true });
   const sVersion = h('span', { class: 'tiny', 'data-testid': 'wheel-version' });
@@ -98,9 +105,9 @@ export function wheelSection(panel, ctx) {
   let settings = null;
   const sForm = h('form', { class: 'stack', novalidate: true, 'data-testid': 'settings-form' },
     h('div', { class: 'form-grid cols-3' },
-      h('div', { class: 'field' }, h('label', { for: 'ws-cost' }, '每次消耗积分'), sf.cost_points, h('div', { class: 'help' }, '1–100000')),
-      h('div', { class: 'field' }, h('label', { for: 'ws-pity' }, '保底阈值（连续未中贵重奖次数）'), sf.pity_threshold, h('div', { class: 'help' }, '1–1000')),
-      h('div', { class: 'field' }, h('label', { for: 'ws-daily' }, '每人每日次数上限'), sf.daily_limit, h('div', { class: 'help' }, '0 表示不限，最多 10000'))),
+      h('div', { class: 'field' }, h('label', { for: 'ws-cost' }, '每次消耗积分'), sf.cost_points, h('div', { class: 'help' }, '10–10000')),
+      h('div', { class: 'field' }, h('label', { for: 'ws-pity' }, '保底阈值（连续未中贵重奖次数）'), sf.pity_threshold, h('div', { class: 'help' }, '1–100')),
+      h('div', { class: 'field' }, h('label', { for: 'ws-daily' }, '每人每日次数上限'), sf.daily_limit, h('div', { class: 'help' }, '0 表示不限，最多 1000'))),
     sIssues, sErr,
     h('div', { class: 'row-between' }, sVersion, sSave));
 
@@ -173,18 +180,17 @@ export function wheelSection(panel, ctx) {
   const editor = h('div', { class: 'stack', 'data-testid': 'prize-editor' },
     tableWrap,
     sumEl, issuesEl, pErr,
-    h('div', { class: 'row', style: 'justify-content:flex-end' }, pReset, pSave));
+    h('div', { class: 'row row-end' }, pReset, pSave));
   const previewBox = h('div', { class: 'odds-preview', 'data-testid': 'odds-preview' });
   const previewNote = h('div', { class: 'tiny' }, '按上表（未保存的修改也会显示）计算，顾客在转盘页看到同样的公示概率。');
 
   panel.append(
     h('div', { class: 'wheel-layout' },
-      h('div', { class: 'card' },
+      h('div', { class: 'card wheel-prizes' },
         h('div', { class: 'card-head' }, h('div', {}, h('h2', {}, '奖品与概率'), h('div', { class: 'card-sub' }, '8 个奖品，位于 0°、45°、…、315°；概率四位小数，合计正好 1.0000'))),
         editor),
-      h('div', { class: 'wheel-side' },
-        h('div', { class: 'card' }, h('div', { class: 'card-head' }, h('h2', {}, '概率预览')), previewBox, previewNote),
-        h('div', { class: 'card' }, h('div', { class: 'card-head' }, h('h2', {}, '抽奖规则')), sForm))));
+      h('div', { class: 'card wheel-preview' }, h('div', { class: 'card-head' }, h('h2', {}, '概率预览')), previewBox, previewNote),
+      h('div', { class: 'card wheel-rules' }, h('div', { class: 'card-head' }, h('h2', {}, '抽奖规则')), sForm)));
 
   function cell(label, input, cls = '') {
     return h('td', { 'data-label': label, class: cls }, input);

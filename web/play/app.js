@@ -464,7 +464,13 @@ function shopSection(panel, { setBalance }) {
 /* Receipt upload                                                      */
 
 function uploadSection(panel) {
-  const file = h('input', { id: 'upload-file', class: 'input', type: 'file', name: 'image', accept: 'image/*', capture: 'environment', 'data-testid': 'upload-file' });
+  // The native file input stays the control (keyboard, screen readers,
+  // tests); the label around it is what people see and tap.
+  const file = h('input', { id: 'upload-file', class: 'file-input', type: 'file', name: 'image', accept: 'image/*', capture: 'environment', 'data-testid': 'upload-file' });
+  const fileName = h('span', { class: 'file-name', 'data-testid': 'upload-file-name' }, '支持 JPEG、PNG、WebP，最大 5 MB');
+  const picker = h('label', { class: 'file-picker', for: 'upload-file' },
+    cameraIcon(),
+    h('span', { class: 'file-text' }, h('strong', {}, '拍照或选择小票照片'), fileName));
   const preview = h('img', { class: 'upload-preview', alt: '小票预览', hidden: true, 'data-testid': 'upload-preview' });
   const amount = h('input', { id: 'upload-amount', class: 'input', type: 'text', name: 'amount', inputmode: 'decimal', placeholder: '例如 88.50', autocomplete: 'off', 'data-testid': 'upload-amount' });
   const estimate = h('div', { class: 'help', 'data-testid': 'upload-estimate' }, '每消费 1 元可得 10 积分，审核通过后到账');
@@ -473,7 +479,7 @@ function uploadSection(panel) {
   const status = h('div', { class: 'msg', 'data-testid': 'upload-status', hidden: true });
   const reviewResult = h('div', { class: 'review-result', 'data-testid': 'review-result', 'aria-live': 'polite', hidden: true });
   const form = h('form', { class: 'form-grid', 'data-testid': 'upload-form', novalidate: true },
-    h('div', { class: 'field' }, h('label', { for: 'upload-file' }, '小票照片'), file, preview),
+    h('div', { class: 'field' }, h('span', { class: 'label' }, '小票照片'), file, picker, preview),
     h('div', { class: 'field' }, h('label', { for: 'upload-amount' }, '消费金额（元）'), amount, estimate),
     err, status, submit);
   const listBox = h('div', { 'data-testid': 'upload-list' });
@@ -490,6 +496,8 @@ function uploadSection(panel) {
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     const f = file.files?.[0];
     if (f) { previewUrl = URL.createObjectURL(f); preview.src = previewUrl; preview.hidden = false; } else preview.hidden = true;
+    fileName.textContent = f ? `${f.name} · ${fmtSize(f.size)}` : '支持 JPEG、PNG、WebP，最大 5 MB';
+    picker.classList.toggle('chosen', !!f);
   });
   amount.addEventListener('input', () => {
     const est = estimatePoints(amount.value);
@@ -513,6 +521,8 @@ function uploadSection(panel) {
       showMsg(status, d.message || `已提交，预计 ${d.estimated_points} 积分，等待商家审核`, 'ok');
       form.reset();
       preview.hidden = true;
+      fileName.textContent = '支持 JPEG、PNG、WebP，最大 5 MB';
+      picker.classList.remove('chosen');
       estimate.textContent = '每消费 1 元可得 10 积分，审核通过后到账';
       page = 1;
       loadList();
@@ -552,6 +562,21 @@ function uploadSection(panel) {
 
   loadList();
   return { loadList, onReviewResult };
+}
+
+function fmtSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(0)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+/** A small camera outline for the upload picker. */
+function cameraIcon() {
+  const svg = h('svg:svg', { class: 'file-icon', viewBox: '0 0 24 24', 'aria-hidden': 'true' });
+  svg.append(
+    h('svg:path', { d: 'M4 8h3l2-3h6l2 3h3a1 1 0 0 1 1 1v9a1 1 0 0 1-1 1H4a1 1 0 0 1-1-1V9a1 1 0 0 1 1-1z' }),
+    h('svg:circle', { cx: 12, cy: 13, r: 3.5 }));
+  return svg;
 }
 
 function uploadRow(u) {
