@@ -395,7 +395,12 @@ impl Config {
             db_connect_retries: r.num("DB_CONNECT_RETRIES", 10, 0, 1000) as u32,
             shutdown_grace: r.millis("SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
             wheel_reload_interval: Duration::from_secs(10),
-            maintenance_interval: Duration::from_secs(600),
+            maintenance_interval: Duration::from_secs(r.num(
+                "MAINTENANCE_INTERVAL_S",
+                600,
+                1,
+                86_400,
+            )),
             max_body_bytes: 64 * 1024,
             upload_max_bytes: r.num("UPLOAD_MAX_BYTES", 5 * 1024 * 1024, 1024, 64 * 1024 * 1024)
                 as usize,

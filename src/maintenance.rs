@@ -95,6 +95,7 @@ async fn prune_forever(state: AppState) {
 
 /// One full pass: every table down to its retention, then the orphan sweep.
 pub async fn prune_once(state: &AppState) {
+    let started = std::time::Instant::now();
     let db = &state.db;
     let days = (state.config.event_retention.as_secs() / 86_400).max(1) as u32;
     let keys = drain(|| store::idempotency::prune(db, KEY_HOURS, BATCH)).await;
@@ -102,7 +103,14 @@ pub async fn prune_once(state: &AppState) {
     let tokens = drain(|| store::auth::prune_refresh(db, BATCH)).await;
     match (keys, events, tokens) {
         (Ok(k), Ok(e), Ok(t)) if k + e + t > 0 => {
-            tracing::info!(keys = k, events = e, refresh_tokens = t, "pruned old rows")
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(
+                keys = k,
+                events = e,
+                refresh_tokens = t,
+                ms,
+                "pruned old rows"
+            )
         }
         (Ok(_), Ok(_), Ok(_)) => {}
         (k, e, t) => tracing::warn!(?k, ?e, ?t, "pruning failed; will retry"),

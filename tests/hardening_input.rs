@@ -907,7 +907,7 @@ async fn the_prize_editor_refuses_odds_that_do_not_sum_to_one_and_publishes_a_va
     let a = put(&server, path, &merchant, json!({ "prizes": uneven })).await;
     a.refused(400, 2000);
     let msg = a.body["msg"].as_str().unwrap();
-    assert!(msg.contains("sum to exactly 1.0000"), "{msg}");
+    assert!(msg.contains("概率合计须为 1.0000"), "{msg}");
     assert_eq!(
         get(&server, path, &merchant).await.ok(),
         &before,

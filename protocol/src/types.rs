@@ -275,6 +275,8 @@ pub struct OrderLookup {
     pub exchange_id: String,
     pub exchange_code: String,
     pub user_id: UserId,
+    /// Masked, as in `user_info`.
+    pub user_mobile: String,
     pub product_id: ProductId,
     pub product_name: String,
     pub quantity: u32,

@@ -560,13 +560,14 @@ impl Command for Redeem<'_> {
 /// What a counter code is for (4007 when it names no order).
 pub async fn order_by_code(db: &MySqlPool, typed: &str) -> Result<OrderLookup> {
     let code = normalize_code(typed).ok_or(Error::Refused(ErrorCode::ExchangeCodeNotFound))?;
-    let o = store::exchange::order_by_code(db, &code)
+    let (o, mobile) = store::exchange::order_by_code(db, &code)
         .await?
         .ok_or(Error::Refused(ErrorCode::ExchangeCodeNotFound))?;
     Ok(OrderLookup {
         exchange_id: o.exchange_id,
         exchange_code: o.exchange_code,
         user_id: o.user_id,
+        user_mobile: crate::rules::input::mask_mobile(&mobile),
         product_id: o.product_id,
         product_name: o.product_name,
         quantity: o.quantity,

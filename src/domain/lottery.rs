@@ -454,9 +454,7 @@ impl Command for UpdatePrizes {
             daily_limit: settings.daily_limit,
             prizes,
         };
-        wheel
-            .validate()
-            .map_err(|why| Error::invalid("prizes", why))?;
+        wheel.validate().map_err(Error::Invalid)?;
 
         let mut kept = Vec::with_capacity(self.prizes.len());
         for p in &self.prizes {

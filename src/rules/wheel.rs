@@ -72,22 +72,19 @@ impl WheelConfig {
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
         if self.prizes.len() != ANGLES.len() {
-            problems.push(format!(
-                "the wheel needs exactly 8 active prizes, found {}",
-                self.prizes.len()
-            ));
+            problems.push(format!("转盘须有 8 个奖品，现有 {} 个", self.prizes.len()));
         }
         let mut angles: Vec<u16> = self.prizes.iter().map(|p| p.angle).collect();
         angles.sort_unstable();
         if angles != ANGLES {
             problems.push(format!(
-                "prizes must sit at the angles {ANGLES:?}, one each; found {angles:?}"
+                "奖品须各占一个角度（0、45、…、315），现为 {angles:?}"
             ));
         }
         let total: u32 = self.prizes.iter().map(|p| p.weight).sum();
         if total != UNITS {
             problems.push(format!(
-                "probabilities must sum to exactly 1.0000, they sum to {}.{:04}",
+                "概率合计须为 1.0000，现为 {}.{:04}",
                 total / UNITS,
                 total % UNITS
             ));
@@ -97,37 +94,35 @@ impl WheelConfig {
             .iter()
             .any(|p| p.prize_type == PrizeType::Empty && !p.limited)
         {
-            problems.push("at least one `empty` prize without a stock limit is required".into());
+            problems.push("须有一个不限量的 empty（谢谢参与）奖品".into());
         }
         if let Some(p) = self
             .prizes
             .iter()
             .find(|p| p.prize_type == PrizeType::Empty && p.is_valuable)
         {
-            problems.push(format!("the empty prize {} cannot be valuable", p.prize_id));
+            problems.push(format!("奖品 {} 为 empty，不能计入保底", p.prize_id));
         }
         if !self
             .prizes
             .iter()
             .any(|p| p.is_valuable && !p.limited && p.weight > 0)
         {
-            problems.push(
-                "at least one valuable prize without a stock limit and with odds above 0 is required for the pity guarantee".into(),
-            );
+            problems.push("保底须有一个不限量且概率大于 0 的贵重奖品".into());
         }
         if let Some(p) = self.prizes.iter().find(|p| p.value_cents < 0) {
-            problems.push(format!("prize {} has a negative value", p.prize_id));
+            problems.push(format!("奖品 {} 的价值不能为负", p.prize_id));
         }
         if self.cost_points <= 0 {
-            problems.push("cost_points must be positive".into());
+            problems.push("每次抽奖消耗的积分须为正数".into());
         }
         if self.pity_threshold == 0 {
-            problems.push("pity_threshold must be at least 1".into());
+            problems.push("保底次数至少为 1".into());
         }
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("; "))
+            Err(problems.join("；"))
         }
     }
 
@@ -363,24 +358,24 @@ mod tests {
     fn odds_that_do_not_sum_to_one_are_refused() {
         let mut c = demo();
         c.prizes[0].weight -= 1;
-        assert!(c.validate().unwrap_err().contains("sum to exactly 1.0000"));
+        assert!(c.validate().unwrap_err().contains("概率合计须为 1.0000"));
     }
 
     #[test]
     fn duplicate_angles_and_missing_prizes_are_refused() {
         let mut c = demo();
         c.prizes[1].angle = 0;
-        assert!(c.validate().unwrap_err().contains("angles"));
+        assert!(c.validate().unwrap_err().contains("角度"));
         let mut c = demo();
         c.prizes.pop();
-        assert!(c.validate().unwrap_err().contains("exactly 8"));
+        assert!(c.validate().unwrap_err().contains("8 个奖品"));
     }
 
     #[test]
     fn a_wheel_without_an_unlimited_empty_prize_is_refused() {
         let mut c = demo();
         c.prizes[0].limited = true;
-        assert!(c.validate().unwrap_err().contains("`empty` prize"));
+        assert!(c.validate().unwrap_err().contains("不限量的 empty"));
     }
 
     #[test]
@@ -388,7 +383,7 @@ mod tests {
         let mut c = demo();
         c.prizes[3].limited = true;
         c.prizes[4].limited = true;
-        assert!(c.validate().unwrap_err().contains("pity guarantee"));
+        assert!(c.validate().unwrap_err().contains("保底"));
     }
 
     /// Pearson's chi-square over 200 000 picks against the published odds.
@@ -646,7 +641,7 @@ mod tests {
             } else {
                 p.weight -= delta;
             }
-            prop_assert!(w.validate().unwrap_err().contains("sum to exactly 1.0000"));
+            prop_assert!(w.validate().unwrap_err().contains("概率合计须为 1.0000"));
         }
     }
 }

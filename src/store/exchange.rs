@@ -295,14 +295,24 @@ pub async fn page_orders(
 }
 
 /// Locks an order by its counter code.
-pub async fn order_by_code(pool: &MySqlPool, code: &str) -> sqlx::Result<Option<OrderRow>> {
-    sqlx::query_as(
+/// An order and its guest's mobile, by counter code.
+pub async fn order_by_code(
+    pool: &MySqlPool,
+    code: &str,
+) -> sqlx::Result<Option<(OrderRow, String)>> {
+    let order: Option<OrderRow> = sqlx::query_as(
         "SELECT exchange_id, exchange_code, user_id, product_id, product_name, quantity, total_cost, status, \
          redeemed_at, created_at FROM exchange_orders WHERE exchange_code = ?",
     )
     .bind(code)
     .fetch_optional(pool)
-    .await
+    .await?;
+    let Some(order) = order else { return Ok(None) };
+    let (mobile,): (String,) = sqlx::query_as("SELECT mobile FROM users WHERE user_id = ?")
+        .bind(order.user_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(Some((order, mobile)))
 }
 
 pub async fn lock_order_by_code(tx: &mut Tx, code: &str) -> sqlx::Result<Option<OrderRow>> {

@@ -77,7 +77,7 @@ export function counterSection(panel, ctx) {
         h('span', { 'data-testid': 'redeem-order-status', 'data-status': o.status }, badge(o.status === 'pending' ? 'pending' : 'redeemed', ORDER_STATUS[o.status] || o.status))),
       h('div', { class: 'redeem-product', 'data-testid': 'redeem-order-product' }, `${o.product_name} × ${o.quantity}`),
       h('dl', { class: 'kv' },
-        h('dt', {}, '顾客'), h('dd', { 'data-testid': 'redeem-order-user' }, `用户 ${o.user_id}`),
+        h('dt', {}, '顾客'), h('dd', { 'data-testid': 'redeem-order-user' }, o.user_mobile ? `${o.user_mobile}（用户 ${o.user_id}）` : `用户 ${o.user_id}`),
         h('dt', {}, '消耗积分'), h('dd', { class: 'num' }, fmtInt(o.total_cost)),
         h('dt', {}, '兑换时间'), h('dd', {}, fmtTime(o.created_at, true)),
         o.redeemed_at ? [h('dt', {}, '核销时间'), h('dd', {}, fmtTime(o.redeemed_at, true))] : null),
