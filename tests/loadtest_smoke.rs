@@ -44,7 +44,7 @@ async fn the_load_generator_logs_in_holds_fans_out_and_verifies_commands() {
 
     let mut h = hold::Opts::new(setup.clone(), 200);
     h.hold = Some(Duration::from_millis(1600));
-    h.server_pid = Some(std::process::id());
+    h.server_pids = vec![std::process::id()];
     // The test listener's accept queue is 128 deep: stay under it.
     h.connect_concurrency = 64;
     let h = hold::run(h).await.expect("hold runs");

@@ -81,6 +81,24 @@ impl Target {
         })
     }
 
+    /// A comma-separated list of servers (`--server a,b,c`), each as
+    /// [`Target::parse`] accepts it. At least one; no server twice (numbers
+    /// per instance would be mixed up).
+    pub fn parse_list(list: &str) -> anyhow::Result<Vec<Target>> {
+        let mut out: Vec<Target> = Vec::new();
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let t = Target::parse(part)?;
+            if out.iter().any(|o| o.addr == t.addr) {
+                bail!("--server lists {} twice", t.addr);
+            }
+            out.push(t);
+        }
+        if out.is_empty() {
+            bail!("--server names no server");
+        }
+        Ok(out)
+    }
+
     pub fn http_url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -205,6 +223,17 @@ impl Api {
             .into_data(&what)
     }
 
+    /// `GET /health` (not an envelope): the server's own report.
+    pub async fn health(&self) -> anyhow::Result<Value> {
+        let res = self
+            .http
+            .get(self.target.http_url("/health"))
+            .send()
+            .await
+            .context("GET /health")?;
+        res.json().await.context("GET /health: not JSON")
+    }
+
     /// Logs in with the development code.
     pub async fn login(&self, phone: &str) -> Result<Reply, CallError> {
         let body = json!({ "phone": phone, "code": DEV_CODE });
@@ -297,16 +326,21 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// Opens authenticated sockets, round-robin over the source addresses.
+/// Opens authenticated sockets on one of several servers (chosen by the
+/// caller, see [`Connector::server_for`]), round-robin over the source
+/// addresses.
 pub struct Connector {
-    target: Target,
+    targets: Vec<Target>,
     sources: Vec<Ipv4Addr>,
     next: AtomicUsize,
     config: WebSocketConfig,
 }
 
 impl Connector {
-    pub fn new(target: &Target, sources: Sources) -> anyhow::Result<Connector> {
+    pub fn new(targets: &[Target], sources: Sources) -> anyhow::Result<Connector> {
+        if targets.is_empty() {
+            bail!("a connector needs at least one server");
+        }
         // Small buffers: the client holds thousands of sockets and reads
         // small frames; the 128 KiB defaults would cost gigabytes.
         let config = WebSocketConfig::default()
@@ -316,11 +350,26 @@ impl Connector {
             .max_message_size(Some(1 << 20))
             .max_frame_size(Some(1 << 20));
         Ok(Connector {
-            target: target.clone(),
+            targets: targets.to_vec(),
             sources: sources.addrs()?,
             next: AtomicUsize::new(0),
             config,
         })
+    }
+
+    /// How many servers the sockets are spread over.
+    pub fn servers(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// The server of the `i`-th socket: round-robin, so every instance
+    /// gets an equal share whatever the count.
+    pub fn server_for(&self, i: usize) -> usize {
+        i % self.targets.len()
+    }
+
+    fn target(&self, server: usize) -> &Target {
+        &self.targets[server % self.targets.len()]
     }
 
     fn source(&self) -> Option<Ipv4Addr> {
@@ -331,14 +380,16 @@ impl Connector {
         Some(self.sources[i % self.sources.len()])
     }
 
-    /// TCP connect, upgrade on `/ws?token=…[&since=…]` and read `welcome`,
-    /// all within [`CONNECT_TIMEOUT`].
+    /// TCP connect to server number `server`, upgrade on
+    /// `/ws?token=…[&since=…]` and read `welcome`, all within
+    /// [`CONNECT_TIMEOUT`].
     pub async fn connect(
         &self,
+        server: usize,
         token: &str,
         since: Option<u64>,
     ) -> Result<(Ws, Welcome), ConnectError> {
-        match timeout(CONNECT_TIMEOUT, self.connect_inner(token, since)).await {
+        match timeout(CONNECT_TIMEOUT, self.connect_inner(server, token, since)).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::new("timeout", "connect, upgrade and welcome")),
         }
@@ -346,16 +397,18 @@ impl Connector {
 
     async fn connect_inner(
         &self,
+        server: usize,
         token: &str,
         since: Option<u64>,
     ) -> Result<(Ws, Welcome), ConnectError> {
+        let target = self.target(server);
         let socket = tcp_socket(self.source()).map_err(|e| io_failure("bind", e))?;
         let stream = socket
-            .connect(self.target.addr)
+            .connect(target.addr)
             .await
             .map_err(|e| io_failure("connect", e))?;
         let _ = stream.set_nodelay(true);
-        let mut url = format!("ws://{}/ws?token={token}", self.target.addr);
+        let mut url = format!("ws://{}/ws?token={token}", target.addr);
         if let Some(s) = since {
             url.push_str(&format!("&since={s}"));
         }
@@ -391,19 +444,21 @@ pub struct RawWs {
 }
 
 impl Connector {
-    /// TCP connect and upgrade on `/ws?token=…`, within [`CONNECT_TIMEOUT`],
-    /// without a WebSocket library: the caller reads the frames.
-    pub async fn connect_raw(&self, token: &str) -> Result<RawWs, ConnectError> {
-        match timeout(CONNECT_TIMEOUT, self.connect_raw_inner(token)).await {
+    /// TCP connect to server number `server` and upgrade on `/ws?token=…`,
+    /// within [`CONNECT_TIMEOUT`], without a WebSocket library: the caller
+    /// reads the frames.
+    pub async fn connect_raw(&self, server: usize, token: &str) -> Result<RawWs, ConnectError> {
+        match timeout(CONNECT_TIMEOUT, self.connect_raw_inner(server, token)).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::new("timeout", "connect and upgrade")),
         }
     }
 
-    async fn connect_raw_inner(&self, token: &str) -> Result<RawWs, ConnectError> {
+    async fn connect_raw_inner(&self, server: usize, token: &str) -> Result<RawWs, ConnectError> {
+        let target = self.target(server);
         let socket = tcp_socket(self.source()).map_err(|e| io_failure("bind", e))?;
         let mut stream = socket
-            .connect(self.target.addr)
+            .connect(target.addr)
             .await
             .map_err(|e| io_failure("connect", e))?;
         let _ = stream.set_nodelay(true);
@@ -411,7 +466,7 @@ impl Connector {
         let request = format!(
             "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            self.target.addr
+            target.addr
         );
         stream
             .write_all(request.as_bytes())
@@ -681,6 +736,17 @@ mod tests {
         assert!(Target::parse("http://10.0.0.1:3000").is_err());
         assert!(Target::parse("http://example.com:3000").is_err());
         assert!(Target::parse("https://127.0.0.1:3000").is_err());
+    }
+
+    #[test]
+    fn a_server_list_is_split_on_commas_and_checked_whole() {
+        let l = Target::parse_list("http://127.0.0.1:3001, http://127.0.0.1:3002").unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[1].addr, "127.0.0.1:3002".parse().unwrap());
+        assert_eq!(Target::parse_list("127.0.0.1:3000").unwrap().len(), 1);
+        assert!(Target::parse_list("127.0.0.1:3001,10.0.0.1:3002").is_err());
+        assert!(Target::parse_list("127.0.0.1:3001,localhost:3001").is_err());
+        assert!(Target::parse_list(" , ").is_err());
     }
 
     #[test]

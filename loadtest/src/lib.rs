@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod link;
+pub mod progress;
 pub mod raw;
 pub mod scenarios;
 pub mod shard;

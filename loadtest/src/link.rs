@@ -6,6 +6,8 @@
 
 use anyhow::{Context, bail};
 use std::time::Duration;
+
+use crate::progress::Status;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -29,6 +31,9 @@ pub enum Progress {
     Ready,
     /// Every live socket of this process got the update with this stock.
     Seen { stock: i64 },
+    /// Where a long phase stands (see [`crate::progress`]); the parent
+    /// prints these merged, it never waits on them.
+    Status(Status),
 }
 
 impl Control {
@@ -65,16 +70,18 @@ impl Progress {
         match self {
             Progress::Ready => "@ready".into(),
             Progress::Seen { stock } => format!("@seen {stock}"),
+            Progress::Status(s) => s.to_line(),
         }
     }
 
     pub fn parse(line: &str) -> Option<Progress> {
-        let mut w = line.split_whitespace();
-        match (w.next()?, w.next()) {
-            ("@ready", None) => Some(Progress::Ready),
-            ("@seen", Some(s)) => Some(Progress::Seen {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["@ready"] => Some(Progress::Ready),
+            ["@seen", s] => Some(Progress::Seen {
                 stock: s.parse().ok()?,
             }),
+            ["@status", rest @ ..] => Status::parse(rest).map(Progress::Status),
             _ => None,
         }
     }
@@ -84,6 +91,9 @@ impl Progress {
 pub struct Link {
     pub control: mpsc::UnboundedReceiver<Control>,
     pub progress: mpsc::UnboundedSender<Progress>,
+    /// The driver is a parent process (this process is a `shard` child):
+    /// progress counts go to it rather than to stderr.
+    pub remote: bool,
 }
 
 /// The driver's end.
@@ -100,6 +110,7 @@ pub fn pair() -> (Link, Driver) {
         Link {
             control: crx,
             progress: ptx,
+            remote: false,
         },
         Driver {
             control: ctx,
@@ -131,7 +142,8 @@ impl Link {
     /// A link over this process's stdin (controls) and stdout (progress):
     /// how a `shard` child talks to its parent.
     pub fn stdio() -> Link {
-        let (link, mut driver) = pair();
+        let (mut link, mut driver) = pair();
+        link.remote = true;
         let control = driver.control.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -181,7 +193,7 @@ pub async fn all_ready(drivers: &mut [Driver], limit: Duration) -> anyhow::Resul
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match d.next(left).await? {
                 Progress::Ready => break,
-                Progress::Seen { .. } => continue,
+                Progress::Seen { .. } | Progress::Status(_) => continue,
             }
         }
     }
@@ -211,7 +223,16 @@ mod tests {
         ] {
             assert_eq!(Control::parse(&c.to_line()), Some(c));
         }
-        for p in [Progress::Ready, Progress::Seen { stock: -3 }] {
+        let status = Status {
+            phase: crate::progress::Phase::Connect,
+            tally: crate::progress::Tally::new(10, 7, 1),
+            elapsed_ms: 2000,
+        };
+        for p in [
+            Progress::Ready,
+            Progress::Seen { stock: -3 },
+            Progress::Status(status),
+        ] {
             assert_eq!(Progress::parse(&p.to_line()), Some(p));
         }
         assert_eq!(Control::parse("nonsense"), None);

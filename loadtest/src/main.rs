@@ -3,8 +3,9 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use loadtest::client::{Sources, rss_kb};
+use loadtest::client::Sources;
 use loadtest::link::{self, Control, Driver, Link, REPORT_PREFIX};
+use loadtest::progress::Board;
 use loadtest::scenarios::{
     Setup, commands, db_baseline, db_check, fanout, hold, storm, tcp_floor, users,
 };
@@ -13,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Display;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -51,7 +53,9 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server base URL (127.0.0.0/8 or localhost only).
+    /// Server base URL (127.0.0.0/8 or localhost only), or several
+    /// separated by commas: sockets are spread over them round-robin,
+    /// logins and merchant setup go to the first.
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     server: String,
     /// Tokens file (JSON lines: phone, user_id, access_token).
@@ -137,9 +141,10 @@ struct HoldArgs {
     /// Seconds to hold; default three heartbeat intervals.
     #[arg(long, value_parser = secs)]
     hold: Option<Duration>,
-    /// The server's pid, for its RSS.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's pid, for its RSS; with several servers, one pid per
+    /// server, comma-separated, in the order of --server.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
     /// Bound on logging in and connecting, seconds.
@@ -369,28 +374,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 return Ok(1);
             }
         }
-        Cmd::TcpFloor(a) => {
-            if a.sender {
-                tokio::task::spawn_blocking(move || tcp_floor::sender(a.sockets, a.senders))
-                    .await??;
-                return Ok(0);
-            }
-            let r = tcp_floor::run(tcp_floor::Opts {
-                sockets: a.sockets,
-                updates: a.updates,
-                senders: a.senders,
-                sources: Sources {
-                    from: a.src_from,
-                    count: a.src_count,
-                },
-                in_process: false,
-            })
-            .await?;
-            emit(&r, a.json, false)?;
-        }
+        Cmd::TcpFloor(a) => run_tcp_floor(a).await?,
         Cmd::Shard(a) => return run_shard(a).await,
     }
     Ok(0)
+}
+
+async fn run_tcp_floor(a: FloorArgs) -> anyhow::Result<()> {
+    if a.sender {
+        return tokio::task::spawn_blocking(move || tcp_floor::sender(a.sockets, a.senders))
+            .await?;
+    }
+    let r = tcp_floor::run(tcp_floor::Opts {
+        sockets: a.sockets,
+        updates: a.updates,
+        senders: a.senders,
+        sources: Sources {
+            from: a.src_from,
+            count: a.src_count,
+        },
+        in_process: false,
+    })
+    .await?;
+    emit(&r, a.json, false)
 }
 
 fn hold_opts(a: &HoldArgs) -> hold::Opts {
@@ -399,7 +405,7 @@ fn hold_opts(a: &HoldArgs) -> hold::Opts {
         sockets: a.sockets,
         sockets_per_user: a.sockets_per_user,
         hold: a.hold,
-        server_pid: a.server_pid,
+        server_pids: a.server_pid.clone(),
         connect_concurrency: a.connect_concurrency,
         duration: a.duration,
         link: child_link(&a.common),
@@ -484,28 +490,6 @@ fn child_sources(common: &Common, i: usize) -> anyhow::Result<String> {
     Ok(from.to_string())
 }
 
-fn spawn_all(
-    inner: &[String],
-    common: &Common,
-    shares: &[usize],
-    per_child: impl Fn(usize, usize, u64) -> Vec<(&'static str, String)>,
-    flags: &[&str],
-) -> anyhow::Result<(Vec<Driver>, Vec<Pending>)> {
-    let mut drivers = Vec::new();
-    let mut pending = Vec::new();
-    let mut offset = common.offset;
-    for (i, &n) in shares.iter().enumerate() {
-        let mut overrides = per_child(i, n, offset);
-        overrides.push(("src-from", child_sources(common, i)?));
-        overrides.push(("offset", offset.to_string()));
-        let (d, p) = shard::spawn(i, &child_args(inner, &overrides, flags))?;
-        drivers.push(d);
-        pending.push(p);
-        offset += n as u64;
-    }
-    Ok((drivers, pending))
-}
-
 async fn reports<T: DeserializeOwned>(pending: Vec<Pending>) -> anyhow::Result<Vec<T>> {
     let mut out = Vec::new();
     for p in pending {
@@ -514,177 +498,283 @@ async fn reports<T: DeserializeOwned>(pending: Vec<Pending>) -> anyhow::Result<V
     Ok(out)
 }
 
-async fn run_shard(a: ShardArgs) -> anyhow::Result<i32> {
-    if a.procs == 0 {
-        bail!("--procs must be at least 1");
+/// A `shard` run: P children running one scenario, in step.
+struct Shard {
+    procs: usize,
+    /// The scenario and its arguments, as given after `--`.
+    args: Vec<String>,
+    /// The children's progress, printed merged.
+    board: Arc<Board>,
+}
+
+impl Shard {
+    /// Checks the arguments and parses the scenario after `--`.
+    fn parse(a: &ShardArgs) -> anyhow::Result<(Shard, Cmd)> {
+        if a.procs == 0 {
+            bail!("--procs must be at least 1");
+        }
+        let mut argv = vec!["loadtest".to_string()];
+        argv.extend(a.args.iter().cloned());
+        let inner = Cli::try_parse_from(&argv).context("the scenario after --")?;
+        let label = format!("shard {}", a.args.first().map_or("", String::as_str));
+        let shard = Shard {
+            procs: a.procs,
+            args: a.args.clone(),
+            board: Board::new(label, a.procs),
+        };
+        Ok((shard, inner.cmd))
     }
-    let mut argv = vec!["loadtest".to_string()];
-    argv.extend(a.args.iter().cloned());
-    let inner = Cli::try_parse_from(&argv).context("the scenario after --")?;
-    let inner_args = a.args.clone();
-    match inner.cmd {
-        Cmd::Hold(h) => {
-            // One user per `sockets_per_user` sockets: whole users per child.
-            let per_user = h.sockets_per_user.max(1);
-            let user_shares = shard::split(h.sockets.div_ceil(per_user), a.procs);
-            users::ensure_all(
-                &h.common.setup(),
-                user_shares.iter().sum::<usize>() as u64,
-                h.duration,
-            )
-            .await?;
-            let before = h.server_pid.and_then(rss_kb);
-            let mut left = h.sockets;
-            let socket_shares: Vec<usize> = user_shares
-                .iter()
-                .map(|u| {
-                    let s = (u * per_user).min(left);
-                    left -= s;
-                    s
-                })
-                .collect();
-            // Offsets advance by users, so pass user shares to spawn_all and
-            // the socket count per child as an override.
-            let (mut drivers, pending) = spawn_all(
-                &inner_args,
-                &h.common,
-                &user_shares,
-                |i, _, _| vec![("sockets", socket_shares[i].to_string())],
-                &[],
-            )?;
-            link::all_ready(&mut drivers, PHASE_WAIT).await?;
-            let connected = h.server_pid.and_then(rss_kb);
-            link::broadcast(&drivers, Control::Go);
-            link::all_ready(&mut drivers, PHASE_WAIT).await?;
-            let after = h.server_pid.and_then(rss_kb);
-            link::broadcast(&drivers, Control::Go);
-            let parts: Vec<hold::Report> = reports(pending).await?;
-            let rss = match (before, connected, after) {
-                (Some(before_kb), Some(connected_kb), Some(after_kb)) => Some(hold::Rss {
-                    before_kb,
-                    connected_kb,
-                    after_kb,
-                }),
-                _ => None,
-            };
-            emit(&hold::Report::merge(parts, rss), a.json, false)?;
+
+    /// Starts one child per share: its users start at `offset` (advanced
+    /// by each share), it gets its own source addresses and what
+    /// `per_child(index, share, offset)` overrides.
+    fn spawn(
+        &self,
+        common: &Common,
+        shares: &[usize],
+        per_child: impl Fn(usize, usize, u64) -> Vec<(&'static str, String)>,
+        flags: &[&str],
+    ) -> anyhow::Result<(Vec<Driver>, Vec<Pending>)> {
+        let mut drivers = Vec::new();
+        let mut pending = Vec::new();
+        let mut offset = common.offset;
+        for (i, &n) in shares.iter().enumerate() {
+            let mut overrides = per_child(i, n, offset);
+            overrides.push(("src-from", child_sources(common, i)?));
+            overrides.push(("offset", offset.to_string()));
+            let args = child_args(&self.args, &overrides, flags);
+            let (d, p) = shard::spawn(i, &args, self.board.clone())?;
+            drivers.push(d);
+            pending.push(p);
+            offset += n as u64;
         }
-        Cmd::Fanout(f) => {
-            let shares = shard::split(f.sockets, a.procs);
-            users::ensure_all(&f.common.setup(), f.sockets as u64, f.duration).await?;
-            let api = f.common.setup().api()?;
-            let merchant = api.merchant_token().await?;
-            let product = match f.product {
-                Some(p) => p,
-                None => fanout::create_product(&api, &merchant, "fanout").await?,
-            };
-            let (mut drivers, pending) = spawn_all(
-                &inner_args,
-                &f.common,
-                &shares,
-                |_, n, _| vec![("sockets", n.to_string()), ("product", product.to_string())],
-                &[],
-            )?;
-            let driven = fanout::drive(
-                &api,
-                &merchant,
-                product,
-                f.updates,
-                f.update_timeout,
-                &mut drivers,
-            )
-            .await?;
-            let parts: Vec<fanout::Report> = reports(pending).await?;
-            emit(&fanout::Report::merge(parts, driven), a.json, false)?;
-        }
+        Ok((drivers, pending))
+    }
+}
+
+async fn run_shard(a: ShardArgs) -> anyhow::Result<i32> {
+    let (sh, cmd) = Shard::parse(&a)?;
+    let _printing = sh.board.printer();
+    let code = match cmd {
+        Cmd::Hold(h) => finish(&shard_hold(&sh, h).await?, a.json, 0)?,
+        Cmd::Fanout(f) => finish(&shard_fanout(&sh, f).await?, a.json, 0)?,
         Cmd::Commands(c) => {
-            let shares = shard::split(c.users, a.procs);
-            let setup = c.common.setup();
-            let creds = users::ensure_all(&setup, c.users as u64, Duration::from_secs(300)).await?;
-            let api = setup.api()?;
-            let prepared = commands::prepare(
-                &api,
-                &creds,
-                commands::Mix::parse(&c.mix)?,
-                c.duration,
-                c.rate,
-                c.product,
-                c.points,
-            )
-            .await?;
-            let product = prepared.product;
-            let result = async {
-                let (mut drivers, pending) = spawn_all(
-                    &inner_args,
-                    &c.common,
-                    &shares,
-                    |_, n, _| {
-                        let mut o = vec![("users", n.to_string())];
-                        if let Some(p) = product {
-                            o.push(("product", p.to_string()));
-                        }
-                        if let Some(r) = c.rate {
-                            o.push(("rate", (r * n as f64 / c.users.max(1) as f64).to_string()));
-                        }
-                        o
-                    },
-                    &["skip-setup"],
-                )?;
-                link::all_ready(&mut drivers, PHASE_WAIT).await?;
-                link::broadcast(&drivers, Control::Go);
-                reports::<commands::Report>(pending).await
-            }
-            .await;
-            let restored = commands::restore(&api, &prepared).await;
-            let mut merged = commands::Report::merge(result?, prepared.notes.clone());
-            merged.rate_cap = c.rate;
-            restored?;
-            if let Some(url) = &c.baseline_database_url {
-                merged.db_baseline = Some(commands::baseline(url, c.users, c.duration).await?);
-            }
-            emit(&merged, a.json, false)?;
-            if !merged.verification_ok {
-                return Ok(3);
-            }
+            let r = shard_commands(&sh, c).await?;
+            let code = if r.verification_ok { 0 } else { 3 };
+            finish(&r, a.json, code)?
         }
-        Cmd::Storm(s) => {
-            let shares = shard::split(s.sockets, a.procs);
-            let touches = shard::split(s.touch.min(s.sockets), a.procs);
-            users::ensure_all(
-                &s.common.setup(),
-                s.sockets as u64,
-                Duration::from_secs(300),
-            )
-            .await?;
-            let mode = storm::Mode::parse(&s.mode)?;
-            let (mut drivers, pending) = spawn_all(
-                &inner_args,
-                &s.common,
-                &shares,
-                |i, n, _| {
-                    vec![
-                        ("sockets", n.to_string()),
-                        ("touch", touches[i].min(n).to_string()),
-                    ]
-                },
-                &[],
-            )?;
-            link::all_ready(&mut drivers, PHASE_WAIT).await?;
-            link::broadcast(
-                &drivers,
-                match mode {
-                    storm::Mode::Drop => Control::Drop,
-                    storm::Mode::ServerRestart => Control::Go,
-                },
-            );
-            let parts: Vec<storm::Report> = reports(pending).await?;
-            emit(&storm::Report::merge(parts), a.json, false)?;
-        }
+        Cmd::Storm(s) => finish(&shard_storm(&sh, s).await?, a.json, 0)?,
         Cmd::Users(_) | Cmd::DbBaseline(_) | Cmd::DbCheck(_) | Cmd::TcpFloor(_) | Cmd::Shard(_) => {
             bail!(
                 "shard runs hold, fanout, commands or storm; users, db-baseline, db-check and tcp-floor need no sharding"
             )
         }
+    };
+    Ok(code)
+}
+
+/// Prints a merged report and passes the exit code on.
+fn finish<R: Serialize + Display>(report: &R, json: bool, code: i32) -> anyhow::Result<i32> {
+    emit(report, json, false)?;
+    Ok(code)
+}
+
+/// Users per child (whole users of `per_user` sockets each) and sockets
+/// per child.
+fn hold_shares(sockets: usize, per_user: usize, procs: usize) -> (Vec<usize>, Vec<usize>) {
+    let per_user = per_user.max(1);
+    let user_shares = shard::split(sockets.div_ceil(per_user), procs);
+    let mut left = sockets;
+    let socket_shares = user_shares
+        .iter()
+        .map(|u| {
+            let s = (u * per_user).min(left);
+            left -= s;
+            s
+        })
+        .collect();
+    (user_shares, socket_shares)
+}
+
+/// `hold` in P children; the parent reads the servers' RSS at the moments
+/// all children have reached: before, all connected, after the hold.
+async fn shard_hold(sh: &Shard, h: HoldArgs) -> anyhow::Result<hold::Report> {
+    let setup = h.common.setup();
+    let servers = hold::Servers::new(&setup, &h.server_pid)?;
+    let (user_shares, socket_shares) = hold_shares(h.sockets, h.sockets_per_user, sh.procs);
+    users::ensure_all(&setup, user_shares.iter().sum::<usize>() as u64, h.duration).await?;
+    let before = servers.rss();
+    // Offsets advance by users, so the children are spawned by user
+    // shares and told their socket count.
+    let (mut drivers, pending) = sh.spawn(
+        &h.common,
+        &user_shares,
+        |i, _, _| vec![("sockets", socket_shares[i].to_string())],
+        &[],
+    )?;
+    link::all_ready(&mut drivers, PHASE_WAIT).await?;
+    let connected = servers.rss();
+    link::broadcast(&drivers, Control::Go);
+    link::all_ready(&mut drivers, PHASE_WAIT).await?;
+    let after = servers.rss();
+    link::broadcast(&drivers, Control::Go);
+    let parts: Vec<hold::Report> = reports(pending).await?;
+    Ok(hold::Report::merge(
+        parts,
+        &servers,
+        [before, connected, after],
+    ))
+}
+
+/// `fanout` with P listening children; the parent restocks.
+async fn shard_fanout(sh: &Shard, f: FanoutArgs) -> anyhow::Result<fanout::Report> {
+    let shares = shard::split(f.sockets, sh.procs);
+    users::ensure_all(&f.common.setup(), f.sockets as u64, f.duration).await?;
+    let api = f.common.setup().api()?;
+    let merchant = api.merchant_token().await?;
+    let product = match f.product {
+        Some(p) => p,
+        None => fanout::create_product(&api, &merchant, "fanout").await?,
+    };
+    let (mut drivers, pending) = sh.spawn(
+        &f.common,
+        &shares,
+        |_, n, _| vec![("sockets", n.to_string()), ("product", product.to_string())],
+        &[],
+    )?;
+    let driven = fanout::drive(
+        &api,
+        &merchant,
+        product,
+        f.updates,
+        f.update_timeout,
+        &mut drivers,
+    )
+    .await?;
+    let parts: Vec<fanout::Report> = reports(pending).await?;
+    Ok(fanout::Report::merge(parts, driven))
+}
+
+/// `commands` in P children; the parent does the merchant setup once,
+/// and undoes it whatever happened.
+async fn shard_commands(sh: &Shard, c: CommandsArgs) -> anyhow::Result<commands::Report> {
+    let setup = c.common.setup();
+    let creds = users::ensure_all(&setup, c.users as u64, Duration::from_secs(300)).await?;
+    let api = setup.api()?;
+    let prepared = commands::prepare(
+        &setup.apis()?,
+        &creds,
+        commands::Mix::parse(&c.mix)?,
+        c.duration,
+        c.rate,
+        c.product,
+        c.points,
+    )
+    .await?;
+    let result = commands_children(sh, &c, prepared.product).await;
+    let restored = commands::restore(&api, &prepared).await;
+    let mut merged = commands::Report::merge(result?, prepared.notes.clone());
+    merged.rate_cap = c.rate;
+    restored?;
+    if let Some(url) = &c.baseline_database_url {
+        merged.db_baseline = Some(commands::baseline(url, c.users, c.duration).await?);
     }
-    Ok(0)
+    Ok(merged)
+}
+
+/// The commands children, started together once all are connected; each
+/// gets its share of the users and of the rate.
+async fn commands_children(
+    sh: &Shard,
+    c: &CommandsArgs,
+    product: Option<u64>,
+) -> anyhow::Result<Vec<commands::Report>> {
+    let shares = shard::split(c.users, sh.procs);
+    let (mut drivers, pending) = sh.spawn(
+        &c.common,
+        &shares,
+        |_, n, _| {
+            let mut o = vec![("users", n.to_string())];
+            if let Some(p) = product {
+                o.push(("product", p.to_string()));
+            }
+            if let Some(r) = c.rate {
+                o.push(("rate", (r * n as f64 / c.users.max(1) as f64).to_string()));
+            }
+            o
+        },
+        &["skip-setup"],
+    )?;
+    link::all_ready(&mut drivers, PHASE_WAIT).await?;
+    link::broadcast(&drivers, Control::Go);
+    reports(pending).await
+}
+
+/// `storm` in P children, all losing their sockets at the same moment.
+async fn shard_storm(sh: &Shard, s: StormArgs) -> anyhow::Result<storm::Report> {
+    let shares = shard::split(s.sockets, sh.procs);
+    let touches = shard::split(s.touch.min(s.sockets), sh.procs);
+    users::ensure_all(
+        &s.common.setup(),
+        s.sockets as u64,
+        Duration::from_secs(300),
+    )
+    .await?;
+    let mode = storm::Mode::parse(&s.mode)?;
+    let (mut drivers, pending) = sh.spawn(
+        &s.common,
+        &shares,
+        |i, n, _| {
+            vec![
+                ("sockets", n.to_string()),
+                ("touch", touches[i].min(n).to_string()),
+            ]
+        },
+        &[],
+    )?;
+    link::all_ready(&mut drivers, PHASE_WAIT).await?;
+    link::broadcast(
+        &drivers,
+        match mode {
+            storm::Mode::Drop => Control::Drop,
+            storm::Mode::ServerRestart => Control::Go,
+        },
+    );
+    let parts: Vec<storm::Report> = reports(pending).await?;
+    Ok(storm::Report::merge(parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_shares_give_whole_users_and_every_socket() {
+        let (users, sockets) = hold_shares(11, 5, 2);
+        assert_eq!(users, vec![2, 1]);
+        assert_eq!(sockets, vec![10, 1]);
+        let (users, sockets) = hold_shares(40_000, 1, 3);
+        assert_eq!(users, sockets);
+        assert_eq!(sockets.iter().sum::<usize>(), 40_000);
+    }
+
+    #[test]
+    fn a_shard_parses_its_scenario_and_several_server_pids() {
+        let a = ShardArgs {
+            procs: 2,
+            json: false,
+            args: ["hold", "--server", "127.0.0.1:3001,127.0.0.1:3002"]
+                .into_iter()
+                .chain(["--server-pid", "11,12", "--sockets", "10"])
+                .map(String::from)
+                .collect(),
+        };
+        let (sh, cmd) = Shard::parse(&a).unwrap();
+        assert_eq!(sh.procs, 2);
+        let Cmd::Hold(h) = cmd else {
+            panic!("not hold")
+        };
+        assert_eq!(h.server_pid, vec![11, 12]);
+        assert_eq!(h.common.setup().targets().unwrap().len(), 2);
+    }
 }

@@ -13,7 +13,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
+use std::sync::Arc;
+
 use crate::link::{Control, Driver, Progress, REPORT_PREFIX};
+use crate::progress::Board;
 
 /// A running child and the report it will print.
 pub struct Pending {
@@ -23,8 +26,13 @@ pub struct Pending {
 }
 
 /// Starts this executable with `args`; its stdout carries progress and the
-/// final report, its stderr goes to ours.
-pub fn spawn(index: usize, args: &[String]) -> anyhow::Result<(Driver, Pending)> {
+/// final report, its stderr goes to ours. Its `@status` counts go to
+/// `board`, everything else it reports to the returned driver.
+pub fn spawn(
+    index: usize,
+    args: &[String],
+    board: Arc<Board>,
+) -> anyhow::Result<(Driver, Pending)> {
     let exe = std::env::current_exe().context("locating this executable")?;
     let mut process = Command::new(exe)
         .args(args)
@@ -57,7 +65,12 @@ pub fn spawn(index: usize, args: &[String]) -> anyhow::Result<(Driver, Pending)>
                     let _ = tx.send(json.to_string());
                 }
             } else if let Some(p) = Progress::parse(&line) {
-                let _ = progress_tx.send(p);
+                match p {
+                    Progress::Status(s) => board.update(index, s),
+                    p => {
+                        let _ = progress_tx.send(p);
+                    }
+                }
             } else {
                 eprintln!("shard {index}: {line}");
             }

@@ -4,6 +4,9 @@
 //! verifies on every socket that each success was followed by exactly one
 //! `points_update` and that `seq` never skipped.
 //!
+//! With several servers (`--server a,b`) user i's socket (and its REST
+//! commands) go to server i mod the count.
+//!
 //! Setup goes through the merchant API: every user is topped up with enough
 //! points (`POST /api/merchant/points/adjust`), the daily draw limit is
 //! lifted for the run (`PUT /api/merchant/lottery/settings`) and restored
@@ -28,6 +31,7 @@ use crate::client::{
     Api, Connector, Incoming, Method, REPLY_TIMEOUT, Ws, recv, send_command, spread,
 };
 use crate::link::Link;
+use crate::progress::{Phase, Sink, Tally, Ticker};
 use crate::stats::{Counts, Hist, add_counts, bump, round3, show_counts};
 
 const LINK_WAIT: Duration = Duration::from_secs(3600);
@@ -35,6 +39,8 @@ const LINK_WAIT: Duration = Duration::from_secs(3600);
 const MAX_ADJUST: i64 = 10_000;
 /// An upper bound on one user's command rate, for sizing the top-up.
 const MAX_USER_RATE: u64 = 250;
+/// How long setup waits for every server to load the changed wheel.
+const WHEEL_WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -275,9 +281,11 @@ pub struct Prepared {
     pub notes: Vec<String>,
 }
 
-/// Merchant-side setup for a run of `duration` by `creds`.
+/// Merchant-side setup for a run of `duration` by `creds`, through the
+/// first of `apis` (one per server); every server is then given time to
+/// load the wheel without its daily limit.
 pub async fn prepare(
-    api: &Api,
+    apis: &[Api],
     creds: &[Credentials],
     mix: Mix,
     duration: Duration,
@@ -285,6 +293,7 @@ pub async fn prepare(
     product: Option<u64>,
     points_per_user: Option<i64>,
 ) -> anyhow::Result<Prepared> {
+    let api = apis.first().context("no server")?;
     let merchant = api.merchant_token().await?;
     let mut prepared = Prepared::default();
     let first = creds.first().context("no users")?;
@@ -301,6 +310,10 @@ pub async fn prepare(
             .await?;
         if reply.ok() {
             prepared.restore_daily_limit = Some(config.daily_limit);
+            let version = reply.data["version"].as_u64().unwrap_or(0);
+            if let Err(e) = wait_for_wheel(apis, version).await {
+                prepared.notes.push(format!("{e:#}"));
+            }
         } else {
             prepared.notes.push(format!(
                 "could not lift the daily draw limit ({}: code {}); expect 3001 after {} draws per user",
@@ -351,6 +364,31 @@ pub async fn prepare(
         r.context("topping users up")?;
     }
     Ok(prepared)
+}
+
+/// Waits until every server runs wheel `version` or later (an instance
+/// reloads the wheel within 10 s of a change made through another).
+async fn wait_for_wheel(apis: &[Api], version: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WHEEL_WAIT;
+    for api in apis {
+        loop {
+            let health = api.health().await?;
+            let running = health["checks"]["lottery"]["config_version"].as_u64();
+            if running.is_none_or(|v| v >= version) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{} still runs wheel version {} of {version} after {} s: expect 3001 from its users",
+                    api.target().addr,
+                    running.unwrap_or(0),
+                    WHEEL_WAIT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(())
 }
 
 async fn top_up(api: &Api, merchant: &str, c: &Credentials, target: i64) -> anyhow::Result<()> {
@@ -413,7 +451,7 @@ pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {
         }
     } else {
         prepare(
-            &api,
+            &opts.setup.apis()?,
             &creds,
             opts.mix,
             opts.duration,
@@ -423,7 +461,7 @@ pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {
         )
         .await?
     };
-    let result = drive(&mut opts, &api, creds, prepared.product).await;
+    let result = drive(&mut opts, creds, prepared.product).await;
     let restored = restore(&api, &prepared).await;
     let mut report = result?;
     restored?;
@@ -486,7 +524,8 @@ impl Pacer {
 
 /// Everything the users' loops share.
 struct Ctx {
-    api: Api,
+    /// One REST door per server, in the order of `--server`.
+    apis: Vec<Api>,
     connector: Connector,
     mix: Mix,
     rest: bool,
@@ -540,13 +579,12 @@ impl UserRun {
 
 async fn drive(
     opts: &mut Opts,
-    api: &Api,
     creds: Vec<Credentials>,
     product: Option<u64>,
 ) -> anyhow::Result<Report> {
     let n = creds.len();
     let ctx = Arc::new(Ctx {
-        api: api.clone(),
+        apis: opts.setup.apis()?,
         connector: opts.setup.connector()?,
         mix: opts.mix,
         rest: opts.rest,
@@ -567,12 +605,25 @@ async fn drive(
         .collect();
     let handle = spread(futs, crate::client::driver_tasks(n));
     let connect_deadline = Instant::now() + Duration::from_secs(120);
+    let ticker = {
+        let c = ctx.clone();
+        Ticker::start(
+            &Sink::of("commands", opts.link.as_ref()),
+            Phase::Connect,
+            move || {
+                let done = c.done.load(Ordering::Acquire);
+                let ok = c.connected.load(Ordering::Relaxed);
+                Tally::new(n, ok, done.saturating_sub(ok))
+            },
+        )
+    };
     while ctx.done.load(Ordering::Acquire) < n && Instant::now() < connect_deadline {
         tokio::select! {
             _ = ctx.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
+    drop(ticker);
     if let Some(link) = opts.link.as_mut() {
         link.ready_then(LINK_WAIT).await?;
     }
@@ -595,23 +646,33 @@ async fn drive(
         ..Report::default()
     };
     for r in runs {
+        report.add_user(r);
+    }
+    report.successes_per_s = round3(report.successes as f64 / duration_s.max(1e-3));
+    report.verification_ok = report.verification_failures == 0 && report.verified_users > 0;
+    Ok(report)
+}
+
+impl Report {
+    /// One user's run into the totals, and its verification.
+    fn add_user(&mut self, r: UserRun) {
         if let Some(e) = r.connect_error {
-            bump(&mut report.connect_errors, e);
-            continue;
+            bump(&mut self.connect_errors, e);
+            return;
         }
         if let Some(l) = &r.lost {
-            bump(&mut report.lost, l.clone());
+            bump(&mut self.lost, l.clone());
         }
-        report.answered += r.answered;
-        report.successes += r.successes;
-        report.latency.merge(&r.latency);
-        add_counts(&mut report.codes, &r.codes);
+        self.answered += r.answered;
+        self.successes += r.successes;
+        self.latency.merge(&r.latency);
+        add_counts(&mut self.codes, &r.codes);
         if r.unverifiable {
-            report.unverifiable_users += 1;
-            continue;
+            self.unverifiable_users += 1;
+            return;
         }
-        report.verified_users += 1;
-        let mut bad = r.violations.clone();
+        self.verified_users += 1;
+        let mut bad = r.violations;
         if r.updates != r.successes {
             bad.push(format!(
                 "{} successes but {} points_update events",
@@ -619,17 +680,14 @@ async fn drive(
             ));
         }
         if !bad.is_empty() {
-            report.verification_failures += 1;
+            self.verification_failures += 1;
             for v in bad {
-                if report.violations.len() < 20 {
-                    report.violations.push(v);
+                if self.violations.len() < 20 {
+                    self.violations.push(v);
                 }
             }
         }
     }
-    report.successes_per_s = round3(report.successes as f64 / duration_s.max(1e-3));
-    report.verification_ok = report.verification_failures == 0 && report.verified_users > 0;
-    Ok(report)
 }
 
 async fn user_loop(
@@ -641,7 +699,10 @@ async fn user_loop(
     let mut run = UserRun::default();
     let connected = {
         let _permit = ctx.sem.acquire().await;
-        ctx.connector.connect(&cred.access_token, None).await
+        let server = ctx.connector.server_for(index);
+        ctx.connector
+            .connect(server, &cred.access_token, None)
+            .await
     };
     let finished = |ok: bool| {
         if ok {
@@ -702,7 +763,7 @@ async fn user_loop(
         n += 1;
         let t0 = Instant::now();
         let code = if ctx.rest {
-            rest_command(&ctx, &cred, kind, &id, &mut ws, &mut run).await
+            rest_command(&ctx, index, &cred, kind, &id, &mut ws, &mut run).await
         } else {
             ws_command(&ctx, kind, &id, &mut ws, &mut run).await
         };
@@ -812,8 +873,10 @@ async fn ws_command(
 }
 
 /// Sends over REST while reading the socket's events.
+#[allow(clippy::too_many_arguments)] // one command of one user, and where its results go
 async fn rest_command(
     ctx: &Ctx,
+    index: usize,
     cred: &Credentials,
     kind: Kind,
     id: &str,
@@ -821,7 +884,8 @@ async fn rest_command(
     run: &mut UserRun,
 ) -> Result<i32, String> {
     let (_, path, body) = command_body(ctx, kind);
-    let call = ctx.api.call(
+    let api = &ctx.apis[ctx.connector.server_for(index)];
+    let call = api.call(
         Method::POST,
         path,
         Some(&cred.access_token),

@@ -4,6 +4,11 @@
 //! `timestamp` (the server's commit-time stamp, milliseconds), and receive
 //! time − the moment the restock request was sent (an upper bound).
 //!
+//! With several servers (`--server a,b`) the sockets are spread over them
+//! round-robin and the restocks go through the first: the other instances
+//! deliver what they hear from it (through Redis), and the report gives
+//! each instance's share of deliveries and delays.
+//!
 //! Split in two so `shard` can run the sockets in several processes: the
 //! *listener* (sockets, this module's `run` with a link) and the *driver*
 //! ([`drive`]: the restocks, run once by whoever owns the link).
@@ -16,7 +21,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -24,6 +29,7 @@ use tokio::time::Instant;
 use super::{Setup, check_socket_budget, users};
 use crate::client::{Api, Connector, Method, RawWs, parse_time_us, spread, unix_us};
 use crate::link::{self, Control, Driver, Link, Progress};
+use crate::progress::{Phase, Sink, Tally, Ticker};
 use crate::raw::{Event, Reader};
 use crate::stats::{Counts, Hist, add_counts, bump, round3, share, show_counts};
 
@@ -87,6 +93,31 @@ pub struct Report {
     /// Samples whose receive time was before the event's timestamp.
     pub clock_skew_samples: u64,
     pub lost: Counts,
+    /// Per server, in the order of `--server` (one entry per server).
+    pub by_server: Vec<ServerDelivery>,
+}
+
+/// What the sockets on one server instance received.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ServerDelivery {
+    pub server: String,
+    pub connected: usize,
+    /// (socket, update) pairs delivered by this instance.
+    pub delivered: u64,
+    pub sockets_all: usize,
+    pub delay_commit: Hist,
+}
+
+impl ServerDelivery {
+    fn merge(&mut self, o: &ServerDelivery) {
+        if self.server.is_empty() {
+            self.server.clone_from(&o.server);
+        }
+        self.connected += o.connected;
+        self.delivered += o.delivered;
+        self.sockets_all += o.sockets_all;
+        self.delay_commit.merge(&o.delay_commit);
+    }
 }
 
 impl fmt::Display for Report {
@@ -123,6 +154,20 @@ impl fmt::Display for Report {
         }
         if !self.lost.is_empty() {
             writeln!(f, "  sockets lost: {}", show_counts(&self.lost))?;
+        }
+        if self.by_server.len() > 1 {
+            for s in &self.by_server {
+                writeln!(
+                    f,
+                    "    {}: {} sockets, delivered {}/{}, {} got every update; after commit {}",
+                    s.server,
+                    s.connected,
+                    s.delivered,
+                    s.connected as u64 * self.updates as u64,
+                    s.sockets_all,
+                    s.delay_commit
+                )?;
+            }
         }
         if self.clock_skew_samples > 0 {
             writeln!(
@@ -166,6 +211,13 @@ impl Report {
             m.delay_request.merge(&p.delay_request);
             m.clock_skew_samples += p.clock_skew_samples;
             add_counts(&mut m.lost, &p.lost);
+            if m.by_server.len() < p.by_server.len() {
+                m.by_server
+                    .resize(p.by_server.len(), ServerDelivery::default());
+            }
+            for (a, b) in m.by_server.iter_mut().zip(&p.by_server) {
+                a.merge(b);
+            }
         }
         m.expected = m.connected as u64 * m.updates as u64;
         m.share_all = share(m.sockets_all as u64, m.connected as u64);
@@ -323,28 +375,17 @@ async fn listen(mut opts: Opts) -> anyhow::Result<Report> {
     check_socket_budget(n)?;
     let product = opts.product.context("a fanout listener needs --product")?;
     let mut link = opts.link.take().context("a fanout listener needs a link")?;
-    let deadline = Instant::now() + opts.duration;
-    let creds = users::ensure_all(&opts.setup, n as u64, opts.duration).await?;
-    let connector = Arc::new(opts.setup.connector()?);
-    let sem = Arc::new(Semaphore::new(opts.connect_concurrency.max(1)));
-    let futs: Vec<_> = creds
-        .into_iter()
-        .map(|c| connect(c.access_token, connector.clone(), sem.clone(), deadline))
-        .collect();
-    let mut streams = Vec::with_capacity(n);
     let mut report = Report {
         processes: 1,
         product_id: product,
         sockets: n,
         ..Report::default()
     };
-    for r in spread(futs, crate::client::driver_tasks(n)).await? {
-        match r {
-            Ok(raw) => streams.push((raw.stream.into_std()?, raw.pending)),
-            Err(kind) => bump(&mut report.connect_errors, kind),
-        }
-    }
+    let (streams, servers) =
+        connect_all(&opts, Sink::of("fanout", Some(&link)), &mut report).await?;
     let connected = streams.len();
+    let server_of: Vec<usize> = streams.iter().map(|s| s.0).collect();
+    let streams: Vec<_> = streams.into_iter().map(|(_, s, p)| (s, p)).collect();
 
     // Every socket is read by one thread on a bare epoll (see `crate::raw`):
     // the load generator then takes as little of the shared cores as it can.
@@ -385,10 +426,33 @@ async fn listen(mut opts: Opts) -> anyhow::Result<Report> {
 
     report.connected = connected;
     report.updates = sent.len();
-    for (samples, lost) in per_socket {
+    report.by_server = servers
+        .into_iter()
+        .map(|server| ServerDelivery {
+            server,
+            ..ServerDelivery::default()
+        })
+        .collect();
+    for (socket, server) in per_socket.into_iter().zip(server_of) {
+        report.add_socket(socket, server, &sent);
+    }
+    report.expected = connected as u64 * sent.len() as u64;
+    report.share_all = round3(share(report.sockets_all as u64, connected as u64));
+    Ok(report)
+}
+
+impl Report {
+    /// One socket's samples of the updates in `sent` (stock → request µs).
+    fn add_socket(
+        &mut self,
+        (samples, lost): (Vec<Sample>, Option<String>),
+        server: usize,
+        sent: &HashMap<i64, i64>,
+    ) {
         if let Some(kind) = lost {
-            bump(&mut report.lost, kind);
+            bump(&mut self.lost, kind);
         }
+        let mut mine = ServerDelivery::default();
         let mut got = HashSet::new();
         for (stock, ts_us, recv_us) in samples {
             let Some(at_us) = sent.get(&stock) else {
@@ -399,25 +463,84 @@ async fn listen(mut opts: Opts) -> anyhow::Result<Report> {
             }
             let commit = recv_us - ts_us;
             if commit < 0 {
-                report.clock_skew_samples += 1;
+                self.clock_skew_samples += 1;
             }
-            report.delay_commit.record_us(commit.max(0) as u64);
-            report
-                .delay_request
+            self.delay_commit.record_us(commit.max(0) as u64);
+            mine.delay_commit.record_us(commit.max(0) as u64);
+            self.delay_request
                 .record_us((recv_us - at_us).max(0) as u64);
         }
-        report.delivered += got.len() as u64;
-        if !sent.is_empty() && got.len() == sent.len() {
-            report.sockets_all += 1;
+        let all = !sent.is_empty() && got.len() == sent.len();
+        self.delivered += got.len() as u64;
+        self.sockets_all += usize::from(all);
+        if let Some(s) = self.by_server.get_mut(server) {
+            mine.connected = 1;
+            mine.delivered = got.len() as u64;
+            mine.sockets_all = usize::from(all);
+            s.merge(&mine);
         }
     }
-    report.expected = connected as u64 * sent.len() as u64;
-    report.share_all = round3(share(report.sockets_all as u64, connected as u64));
-    Ok(report)
+}
+
+/// A connected socket: its server, the stream and the bytes read with
+/// the upgrade.
+type Stream = (usize, std::net::TcpStream, Vec<u8>);
+
+/// Logs in and opens every socket (round-robin over the servers),
+/// counting failures into `report`; returns the sockets and the servers'
+/// names.
+async fn connect_all(
+    opts: &Opts,
+    sink: Sink,
+    report: &mut Report,
+) -> anyhow::Result<(Vec<Stream>, Vec<String>)> {
+    let n = opts.sockets;
+    let deadline = Instant::now() + opts.duration;
+    let creds = users::ensure_all(&opts.setup, n as u64, opts.duration).await?;
+    let connector = Arc::new(opts.setup.connector()?);
+    let sem = Arc::new(Semaphore::new(opts.connect_concurrency.max(1)));
+    let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let futs: Vec<_> = creds
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let server = connector.server_for(i);
+            let up = connect(
+                server,
+                c.access_token,
+                connector.clone(),
+                sem.clone(),
+                deadline,
+            );
+            let counts = counts.clone();
+            async move {
+                let r = up.await;
+                let counter = if r.is_ok() { &counts.0 } else { &counts.1 };
+                counter.fetch_add(1, Ordering::Relaxed);
+                (server, r)
+            }
+        })
+        .collect();
+    let ticker = {
+        let c = counts.clone();
+        Ticker::start(&sink, Phase::Connect, move || {
+            Tally::new(n, c.0.load(Ordering::Relaxed), c.1.load(Ordering::Relaxed))
+        })
+    };
+    let mut streams = Vec::with_capacity(n);
+    for (server, r) in spread(futs, crate::client::driver_tasks(n)).await? {
+        match r {
+            Ok(raw) => streams.push((server, raw.stream.into_std()?, raw.pending)),
+            Err(kind) => bump(&mut report.connect_errors, kind),
+        }
+    }
+    drop(ticker);
+    Ok((streams, opts.setup.server_names()))
 }
 
 /// One socket's upgrade, bounded by the connect phase's deadline.
 async fn connect(
+    server: usize,
     token: String,
     connector: Arc<Connector>,
     sem: Arc<Semaphore>,
@@ -430,7 +553,7 @@ async fn connect(
     if permit.is_none() {
         return Err("deadline".into());
     }
-    match tokio::time::timeout_at(deadline, connector.connect_raw(&token)).await {
+    match tokio::time::timeout_at(deadline, connector.connect_raw(server, &token)).await {
         Ok(Ok(raw)) => Ok(raw),
         Ok(Err(e)) => Err(e.kind),
         Err(_) => Err("deadline".into()),

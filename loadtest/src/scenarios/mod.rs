@@ -18,7 +18,10 @@ use std::path::PathBuf;
 /// What every socket scenario needs to find the server and its users.
 #[derive(Clone, Debug)]
 pub struct Setup {
-    /// Base URL of the server; only loopback hosts are accepted.
+    /// Base URL of the server, or several separated by commas (instances
+    /// of one deployment); only loopback hosts are accepted. Sockets are
+    /// spread round-robin over them; logins and merchant setup go to the
+    /// first.
     pub server: String,
     /// JSON-lines file of `{phone,user_id,access_token}`; `None`: keep
     /// tokens in memory only.
@@ -51,16 +54,38 @@ impl Default for Setup {
 }
 
 impl Setup {
-    pub fn target(&self) -> anyhow::Result<Target> {
-        Target::parse(&self.server)
+    /// Every server, in the order given.
+    pub fn targets(&self) -> anyhow::Result<Vec<Target>> {
+        Target::parse_list(&self.server)
     }
 
+    /// The base URLs, as given (for reports).
+    pub fn server_names(&self) -> Vec<String> {
+        self.server
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    /// The first server: logins and merchant setup go there.
+    pub fn target(&self) -> anyhow::Result<Target> {
+        Ok(self.targets()?.swap_remove(0))
+    }
+
+    /// The REST door of the first server.
     pub fn api(&self) -> anyhow::Result<Api> {
         Api::new(&self.target()?)
     }
 
+    /// A REST door per server, in order.
+    pub fn apis(&self) -> anyhow::Result<Vec<Api>> {
+        self.targets()?.iter().map(Api::new).collect()
+    }
+
     pub fn connector(&self) -> anyhow::Result<Connector> {
-        Connector::new(&self.target()?, self.sources)
+        Connector::new(&self.targets()?, self.sources)
     }
 }
 

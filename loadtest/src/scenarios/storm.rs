@@ -9,6 +9,7 @@
 //! probes: each is granted one point while disconnected and reconnects only
 //! once the grant has committed, so its replay must hold exactly that
 //! event. Probes are left out of the timing figures (they wait on purpose).
+//! With several servers each socket comes back to the instance it left.
 
 use protocol::{SyncResult, event};
 use rand::Rng;
@@ -26,6 +27,7 @@ use super::users::{self, Credentials};
 use super::{Setup, check_socket_budget};
 use crate::client::{Api, Connector, Incoming, Method, REPLY_TIMEOUT, Ws, recv, spread, unix_us};
 use crate::link::{Control, Link};
+use crate::progress::{Phase as Step, Sink, Tally, Ticker};
 use crate::stats::{Counts, Hist, add_counts, bump, round3, show_counts};
 
 const LINK_WAIT: Duration = Duration::from_secs(3600);
@@ -233,6 +235,8 @@ struct Ctx {
     done: AtomicUsize,
     disconnected: AtomicUsize,
     back: AtomicUsize,
+    /// Reconnect attempts that failed, all sockets.
+    failed_attempts: AtomicUsize,
     touched_seen: AtomicUsize,
     wake: Notify,
     /// Set once every probe's grant has committed (or failed).
@@ -243,6 +247,20 @@ impl Ctx {
     fn bump(&self, counter: &AtomicUsize) {
         counter.fetch_add(1, Ordering::AcqRel);
         self.wake.notify_one();
+    }
+
+    fn connect_tally(&self, n: usize) -> Tally {
+        let done = self.done.load(Ordering::Acquire);
+        let ok = self.connected.load(Ordering::Acquire);
+        Tally::new(n, ok, done.saturating_sub(ok))
+    }
+
+    fn reconnect_tally(&self) -> Tally {
+        Tally::new(
+            self.connected.load(Ordering::Acquire),
+            self.back.load(Ordering::Acquire),
+            self.failed_attempts.load(Ordering::Relaxed),
+        )
     }
 
     /// Waits until `counter` reaches `n`, at most until `deadline`.
@@ -285,6 +303,7 @@ pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {
     check_socket_budget(n)?;
     let creds = users::ensure_all(&opts.setup, n as u64, Duration::from_secs(300)).await?;
     let api = opts.setup.api()?;
+    let sink = Sink::of("storm", opts.link.as_ref());
     let ctx = Arc::new(Ctx {
         connector: opts.setup.connector()?,
         mode: opts.mode,
@@ -294,6 +313,7 @@ pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {
         done: AtomicUsize::new(0),
         disconnected: AtomicUsize::new(0),
         back: AtomicUsize::new(0),
+        failed_attempts: AtomicUsize::new(0),
         touched_seen: AtomicUsize::new(0),
         wake: Notify::new(),
         touches_done: watch::channel(false).0,
@@ -307,11 +327,15 @@ pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {
     let futs: Vec<_> = creds
         .into_iter()
         .enumerate()
-        .map(|(i, c)| socket(c, i < touched.len(), ctx.clone(), phase_rx.clone()))
+        .map(|(i, c)| socket(i, c, i < touched.len(), ctx.clone(), phase_rx.clone()))
         .collect();
     let handle = spread(futs, crate::client::driver_tasks(n));
-    ctx.wait_for(&ctx.done, n, ctx.connect_deadline + Duration::from_secs(15))
-        .await;
+    {
+        let c = ctx.clone();
+        let _ticker = Ticker::start(&sink, Step::Connect, move || c.connect_tally(n));
+        ctx.wait_for(&ctx.done, n, ctx.connect_deadline + Duration::from_secs(15))
+            .await;
+    }
     let connected = ctx.connected.load(Ordering::Acquire);
 
     let mut go = true;
@@ -323,38 +347,9 @@ pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {
     }
     let mut touch_errors = Counts::new();
     if go && connected > 0 {
-        let deadline = match opts.mode {
-            Mode::Drop => {
-                let _ = phase_tx.send(Phase::Drop);
-                ctx.wait_for(
-                    &ctx.disconnected,
-                    connected,
-                    Instant::now() + Duration::from_secs(10),
-                )
-                .await;
-                touch_errors = touch(&api, &touched).await;
-                let _ = ctx.touches_done.send(true);
-                Instant::now() + opts.duration
-            }
-            Mode::ServerRestart => {
-                eprintln!(
-                    "storm: {connected} sockets up; restart the server now (waiting up to {} s)",
-                    opts.wait_for_restart.as_secs()
-                );
-                let wait_end = Instant::now() + opts.wait_for_restart;
-                ctx.wait_for(&ctx.disconnected, 1, wait_end).await;
-                // Everyone has the whole bound to notice and come back.
-                ctx.wait_for(&ctx.disconnected, connected, Instant::now() + opts.duration)
-                    .await;
-                Instant::now() + opts.duration
-            }
-        };
-        let gone = ctx.disconnected.load(Ordering::Acquire);
-        ctx.wait_for(&ctx.back, gone, deadline).await;
-        // Let the touched users' events and any late live events arrive.
-        let settle = Instant::now() + Duration::from_secs(5);
-        ctx.wait_for(&ctx.touched_seen, touched.len(), settle).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = ctx.clone();
+        let _ticker = Ticker::start(&sink, Step::Reconnect, move || c.reconnect_tally());
+        touch_errors = lose_and_recover(&opts, &ctx, &phase_tx, &api, &touched, connected).await;
     }
     let _ = phase_tx.send(Phase::Stop);
     let runs = handle.await?;
@@ -373,45 +368,99 @@ pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {
         ..Report::default()
     };
     for r in runs {
-        if let Some(e) = r.connect_error {
-            bump(&mut report.connect_errors, e);
-            continue;
-        }
-        if let (Some(kind), Some(at)) = (&r.disconnect, r.disconnect_us) {
-            bump(&mut report.disconnects, kind.clone());
-            report.disconnected += 1;
-            report.first_disconnect_us = Some(report.first_disconnect_us.map_or(at, |f| f.min(at)));
-            if let Some(b) = r.back_us {
-                report.back += 1;
-                if !r.touched {
-                    report.last_back_us = report.last_back_us.max(Some(b));
-                    report.reconnect_latency.record_us((b - at).max(0) as u64);
-                }
-            }
-        }
-        report.reconnect_attempts += r.attempts;
-        add_counts(&mut report.errors, &r.errors);
-        if r.replay_checked {
-            report.replays_checked += 1;
-            if r.replay_ok {
-                report.replays_gap_free += 1;
-            }
-        }
-        report.replayed_events += r.replayed;
-        if r.reset {
-            report.replay_resets += 1;
-        }
-        if r.touched && r.admin_events == 1 && r.replayed >= 1 {
-            report.touched_delivered += 1;
-        }
-        for v in r.violations {
-            if report.violations.len() < 20 {
-                report.violations.push(v);
-            }
-        }
+        report.add_run(r);
     }
     report.finish();
     Ok(report)
+}
+
+/// The storm itself: every socket lost (dropped by us, or by the server
+/// you restart), then waits until they are all back or the bound passes.
+/// Returns the replay probes' grant errors.
+async fn lose_and_recover(
+    opts: &Opts,
+    ctx: &Ctx,
+    phase: &watch::Sender<Phase>,
+    api: &Api,
+    touched: &[Credentials],
+    connected: usize,
+) -> Counts {
+    let mut touch_errors = Counts::new();
+    let deadline = match opts.mode {
+        Mode::Drop => {
+            let _ = phase.send(Phase::Drop);
+            ctx.wait_for(
+                &ctx.disconnected,
+                connected,
+                Instant::now() + Duration::from_secs(10),
+            )
+            .await;
+            touch_errors = touch(api, touched).await;
+            let _ = ctx.touches_done.send(true);
+            Instant::now() + opts.duration
+        }
+        Mode::ServerRestart => {
+            eprintln!(
+                "storm: {connected} sockets up; restart the server now (waiting up to {} s)",
+                opts.wait_for_restart.as_secs()
+            );
+            let wait_end = Instant::now() + opts.wait_for_restart;
+            ctx.wait_for(&ctx.disconnected, 1, wait_end).await;
+            // Everyone has the whole bound to notice and come back.
+            ctx.wait_for(&ctx.disconnected, connected, Instant::now() + opts.duration)
+                .await;
+            Instant::now() + opts.duration
+        }
+    };
+    let gone = ctx.disconnected.load(Ordering::Acquire);
+    ctx.wait_for(&ctx.back, gone, deadline).await;
+    // Let the touched users' events and any late live events arrive.
+    let settle = Instant::now() + Duration::from_secs(5);
+    ctx.wait_for(&ctx.touched_seen, touched.len(), settle).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    touch_errors
+}
+
+impl Report {
+    /// One socket's run into the totals.
+    fn add_run(&mut self, r: SockRun) {
+        if let Some(e) = r.connect_error {
+            bump(&mut self.connect_errors, e);
+            return;
+        }
+        if let (Some(kind), Some(at)) = (&r.disconnect, r.disconnect_us) {
+            bump(&mut self.disconnects, kind.clone());
+            self.disconnected += 1;
+            self.first_disconnect_us = Some(self.first_disconnect_us.map_or(at, |f| f.min(at)));
+            if let Some(b) = r.back_us {
+                self.back += 1;
+                if !r.touched {
+                    self.last_back_us = self.last_back_us.max(Some(b));
+                    self.reconnect_latency.record_us((b - at).max(0) as u64);
+                }
+            }
+        }
+        self.reconnect_attempts += r.attempts;
+        add_counts(&mut self.errors, &r.errors);
+        if r.replay_checked {
+            self.replays_checked += 1;
+            if r.replay_ok {
+                self.replays_gap_free += 1;
+            }
+        }
+        self.replayed_events += r.replayed;
+        if r.reset {
+            self.replay_resets += 1;
+        }
+        if r.touched && r.admin_events == 1 && r.replayed >= 1 {
+            self.touched_delivered += 1;
+        }
+        for v in r.violations {
+            if self.violations.len() < 20 {
+                self.violations.push(v);
+            }
+        }
+    }
 }
 
 /// Grants one point to each user (16 at a time); errors by kind.
@@ -493,11 +542,14 @@ impl Seqs {
 }
 
 async fn socket(
+    i: usize,
     cred: Credentials,
     touched: bool,
     ctx: Arc<Ctx>,
     mut phase: watch::Receiver<Phase>,
 ) -> SockRun {
+    // The same instance before and after the storm.
+    let server = ctx.connector.server_for(i);
     let mut run = SockRun {
         touched,
         ..SockRun::default()
@@ -506,7 +558,7 @@ async fn socket(
         let _permit = ctx.sem.acquire().await;
         tokio::time::timeout_at(
             ctx.connect_deadline,
-            ctx.connector.connect(&cred.access_token, None),
+            ctx.connector.connect(server, &cred.access_token, None),
         )
         .await
     };
@@ -589,13 +641,14 @@ async fn socket(
         }
         run.attempts += 1;
         let r = tokio::select! {
-            r = ctx.connector.connect(&cred.access_token, Some(since)) => r,
+            r = ctx.connector.connect(server, &cred.access_token, Some(since)) => r,
             _ = phase.wait_for(|p| *p == Phase::Stop) => return run,
         };
         match r {
             Ok((ws, _)) => break ws,
             Err(e) => {
                 bump(&mut run.errors, e.kind);
+                ctx.failed_attempts.fetch_add(1, Ordering::Relaxed);
                 attempt += 1;
             }
         }

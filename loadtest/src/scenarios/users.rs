@@ -10,10 +10,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Setup;
 use crate::client::{Api, token_expiry};
+use crate::progress::{Phase, Sink, Tally, Ticker};
 use crate::stats::{Counts, Hist, bump, round3, show_counts};
 
 /// A reused token must stay valid at least this long.
@@ -149,21 +152,31 @@ pub async fn ensure(
     let api = setup.api()?;
     let login_started = Instant::now();
     let deadline = tokio::time::Instant::now() + limit;
+    let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let ticker = {
+        let (c, n) = (counts.clone(), to_login.len());
+        Ticker::start(&Sink::Stderr("users"), Phase::Login, move || {
+            Tally::new(n, c.0.load(Ordering::Relaxed), c.1.load(Ordering::Relaxed))
+        })
+    };
     let results: Vec<LoginOutcome> = futures::stream::iter(to_login.iter().cloned())
         .map(|phone| {
-            let api = api.clone();
+            let (api, counts) = (api.clone(), counts.clone());
             async move {
                 let t0 = Instant::now();
                 let r = match tokio::time::timeout_at(deadline, login(&api, &phone)).await {
                     Ok(r) => r,
                     Err(_) => Err("deadline".to_string()),
                 };
+                let counter = if r.is_ok() { &counts.0 } else { &counts.1 };
+                counter.fetch_add(1, Ordering::Relaxed);
                 (phone, r, t0.elapsed())
             }
         })
         .buffer_unordered(setup.login_concurrency.max(1))
         .collect()
         .await;
+    drop(ticker);
     let login_elapsed = login_started.elapsed();
 
     let mut logged_in = 0;
