@@ -390,7 +390,7 @@ impl Config {
             event_retention: Duration::from_secs(
                 r.num("EVENT_RETENTION_DAYS", 30, 1, 3650) * 86_400,
             ),
-            db_max_connections: r.num("DB_MAX_CONNECTIONS", 32, 1, 1000) as u32,
+            db_max_connections: r.num("DB_MAX_CONNECTIONS", 16, 1, 1000) as u32,
             db_acquire_timeout: r.millis("DB_ACQUIRE_TIMEOUT_MS", 5000, 10, 600_000),
             db_connect_retries: r.num("DB_CONNECT_RETRIES", 10, 0, 1000) as u32,
             shutdown_grace: r.millis("SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),

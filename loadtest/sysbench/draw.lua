@@ -51,9 +51,10 @@ end
 
 local function connect()
    local con = sysbench.sql.driver():connect()
-   -- What sqlx sets on every connection the server opens.
+   -- What sqlx and the server set on every connection the server opens.
    con:query("SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci")
    con:query("SET time_zone = '+00:00'")
+   con:query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
    return con
 end
 

@@ -30,7 +30,21 @@ pub async fn connect(config: &Config) -> Result<MySqlPool, sqlx::Error> {
         .max_connections(config.db_max_connections)
         .min_connections(1)
         .acquire_timeout(config.db_acquire_timeout)
-        .idle_timeout(Duration::from_secs(600));
+        .idle_timeout(Duration::from_secs(600))
+        // READ COMMITTED: every invariant is kept by explicit row locks
+        // (`FOR UPDATE`) and conditional updates, never by a snapshot, so
+        // the snapshot isolation of REPEATABLE READ buys nothing and its
+        // gap and next-key locks cost deadlocks; and an UPDATE that matches
+        // no row (a prize out of stock) does not keep that row locked.
+        // (A binlog must then be row-based, MySQL 8's default.)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })
+        });
     let mut delay = Duration::from_millis(250);
     let mut attempt = 1;
     loop {
