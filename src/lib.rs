@@ -16,6 +16,7 @@ pub mod config;
 mod domain;
 mod error;
 mod extract;
+mod frame;
 mod heartbeat;
 mod http;
 mod hub;
@@ -172,7 +173,7 @@ pub mod bench {
             let wheel = load_wheel(&db).await??;
             let metrics = Arc::new(Metrics::new());
             let hub = Arc::new(Hub::new(1, 1));
-            let delivery = Arc::new(Delivery::new(hub, None, metrics.clone()));
+            let delivery = Arc::new(Delivery::new(hub, None));
             Ok(DrawBench {
                 runner: Runner::new(db, delivery, metrics),
                 wheel,

@@ -5,7 +5,6 @@
 
 mod common;
 
-use axum::extract::ws::Utf8Bytes;
 use common::{TestServer, User, WAIT, WsClient};
 use futures::{SinkExt, StreamExt};
 use protocol::ServerFrame;
@@ -624,10 +623,9 @@ async fn a_socket_that_never_reads_is_closed_with_4004_and_readers_still_get_bro
     let padding = "x".repeat(32 * 1024);
     let mut refused_at = None;
     for n in 0..4000 {
-        let frame = Utf8Bytes::from(format!(
-            r#"{{"type":"stock_update","data":{{"n":{n},"padding":"{padding}"}}}}"#
-        ));
-        let took = server.state.hub.broadcast_all(frame);
+        let frame =
+            format!(r#"{{"type":"stock_update","data":{{"n":{n},"padding":"{padding}"}}}}"#);
+        let took = server.state.hub.broadcast_all(&frame);
         let update = reader.next().await;
         assert_eq!(update.kind, "stock_update", "{:?}", update.kind);
         assert_eq!(
@@ -646,9 +644,10 @@ async fn a_socket_that_never_reads_is_closed_with_4004_and_readers_still_get_bro
         "the socket was written to before it was called slow (refused at {refused_at})"
     );
 
-    let took = server.state.hub.broadcast_all(Utf8Bytes::from_static(
-        "{\"type\":\"stock_update\",\"data\":{}}",
-    ));
+    let took = server
+        .state
+        .hub
+        .broadcast_all("{\"type\":\"stock_update\",\"data\":{}}");
     assert_eq!(took, 1, "only the reading socket takes new broadcasts");
     let update = reader.next_of("stock_update").await;
     assert_eq!(update.data, json!({}));

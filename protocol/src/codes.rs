@@ -197,6 +197,9 @@ pub const OK: i32 = 0;
 pub mod close {
     /// The server is shutting down; reconnect with backoff.
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame that breaks RFC 6455 (unmasked, reserved bits set, a
+    /// fragmented or oversized control frame, a stray continuation).
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame that is not UTF-8.
     pub const INVALID_UTF8: u16 = 1007;
     /// A frame or message over the size limit.

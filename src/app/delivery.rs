@@ -5,12 +5,11 @@
 use protocol::ProductId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::fanout::Fanout;
 use crate::domain::{Broadcast, Effects};
 use crate::hub::Hub;
-use crate::metrics::Metrics;
 
 /// How long a `product_update` waits for newer changes of its product.
 const COALESCE: Duration = Duration::from_millis(5);
@@ -18,17 +17,15 @@ const COALESCE: Duration = Duration::from_millis(5);
 pub struct Delivery {
     hub: Arc<Hub>,
     fanout: Option<Arc<Fanout>>,
-    metrics: Arc<Metrics>,
     /// Product changes waiting out `COALESCE`, the newest per product.
     pending: Arc<Mutex<HashMap<ProductId, Broadcast>>>,
 }
 
 impl Delivery {
-    pub fn new(hub: Arc<Hub>, fanout: Option<Arc<Fanout>>, metrics: Arc<Metrics>) -> Delivery {
+    pub fn new(hub: Arc<Hub>, fanout: Option<Arc<Fanout>>) -> Delivery {
         Delivery {
             hub,
             fanout,
-            metrics,
             pending: Arc::default(),
         }
     }
@@ -49,7 +46,7 @@ impl Delivery {
             self.hub.deliver(&events);
         }
         for b in &now {
-            broadcast(&self.hub, &self.metrics, b);
+            self.hub.broadcast(b);
         }
         for c in &closes {
             self.hub.close_sockets(c.user_id, c.session, c.code);
@@ -69,12 +66,8 @@ impl Delivery {
         pending.insert(product, b);
         drop(pending);
         if first {
-            let (pending, hub, fanout, metrics) = (
-                self.pending.clone(),
-                self.hub.clone(),
-                self.fanout.clone(),
-                self.metrics.clone(),
-            );
+            let (pending, hub, fanout) =
+                (self.pending.clone(), self.hub.clone(), self.fanout.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(COALESCE).await;
                 let batch: Vec<Broadcast> =
@@ -85,19 +78,11 @@ impl Delivery {
                     f.publish(&[], &batch, &[]);
                 }
                 for b in &batch {
-                    broadcast(&hub, &metrics, b);
+                    hub.broadcast(b);
                 }
             });
         }
     }
-}
-
-fn broadcast(hub: &Hub, metrics: &Metrics, b: &Broadcast) {
-    let started = Instant::now();
-    hub.broadcast(b);
-    metrics
-        .broadcast_seconds
-        .observe(started.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]
@@ -120,22 +105,24 @@ mod tests {
     async fn product_changes_landing_together_are_sent_once_the_newest() {
         let hub = Arc::new(Hub::new(5, 64));
         let socket = hub.register(UserId(1), SessionId(1), false);
-        let delivery = Delivery::new(hub.clone(), None, Arc::new(Metrics::new()));
+        let delivery = Delivery::new(hub.clone(), None);
         for (product, name) in [(1, "a"), (1, "b"), (2, "x"), (1, "c")] {
             delivery.deliver(Effects {
                 broadcasts: vec![update(product, name)],
                 ..Effects::default()
             });
         }
+        hub.settle();
         assert!(socket.conn.outbox.take().is_empty(), "held for a moment");
         tokio::time::sleep(COALESCE * 4).await;
+        hub.settle();
         let mut got: Vec<String> = socket
             .conn
             .outbox
             .take()
             .into_iter()
             .map(|o| match o {
-                Outgoing::Broadcast(f) => f.to_string(),
+                Outgoing::Wire(f) => String::from_utf8(f[2..].to_vec()).unwrap(),
                 other => panic!("{other:?}"),
             })
             .collect();

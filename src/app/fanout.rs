@@ -319,7 +319,7 @@ impl Fanout {
                                 frame,
                             },
                         )) => {
-                            hub.deliver_frame(user_id, seq, frame.into());
+                            hub.deliver_frame(user_id, seq, &frame);
                         }
                         Some((_, Message::Broadcast(b))) => {
                             hub.broadcast(&b);

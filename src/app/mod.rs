@@ -91,6 +91,7 @@ impl AppState {
             config.ws_max_sockets_per_user,
             config.ws_outbox_capacity,
         ));
+        hub.time_broadcasts(metrics.broadcast_seconds.clone());
         let shutdown = CancellationToken::new();
         let fanout = config.redis_url.as_ref().and_then(|url| {
             fanout::Fanout::start(
@@ -103,7 +104,7 @@ impl AppState {
             .inspect_err(|e| tracing::error!(error = %e, "REDIS_URL cannot be used; serving this instance's sockets only"))
             .ok()
         });
-        let delivery = Arc::new(Delivery::new(hub.clone(), fanout.clone(), metrics.clone()));
+        let delivery = Arc::new(Delivery::new(hub.clone(), fanout.clone()));
         let runner = Runner::new(db.clone(), delivery, metrics.clone());
         let secret = config.jwt_secret.expose();
         let keys = TokenKeys::new(secret, config.access_token_ttl);

@@ -1,96 +1,27 @@
-//! Who is connected: a registry of live sockets keyed by user, each with a
-//! bounded outbox. Delivery never waits on a socket: a message is queued or,
-//! when the outbox is full, the socket is marked too slow and closed, so one
-//! slow reader can never stall a broadcast or a command.
+//! Who is connected: a registry of live sockets keyed by user. Delivery
+//! never waits on a socket: a frame is written at once when the socket can
+//! take it, queued otherwise, and when a socket's queue is full it is
+//! marked too slow and closed, so one slow reader can never stall a
+//! broadcast or a command.
+//!
+//! The registry is split in parts by user id, one per broadcasting thread
+//! (`broadcast`), so a broadcast walks the parts in parallel.
 
-use axum::extract::ws::Utf8Bytes;
+mod broadcast;
+mod outbox;
+
+pub use outbox::{Drained, Outbox, Outgoing};
+
+use bytes::Bytes;
 use dashmap::DashMap;
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
-use tokio::sync::futures::Notified;
+use prometheus_client::metrics::histogram::Histogram;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
 
 use crate::domain::{Audience, Broadcast, UserEvent};
+use crate::frame;
+use broadcast::{Broadcaster, Shared};
 use protocol::{ProductId, SessionId, UserId, close};
-
-/// A frame waiting for its socket's task to write it.
-#[derive(Debug, Clone)]
-pub enum Outgoing {
-    /// One of the user's durable events: the socket writes them in `seq`
-    /// order, filling gaps from the database and skipping repeats.
-    User { seq: u64, frame: Utf8Bytes },
-    /// A latest-value event for everyone (serialized once, shared bytes).
-    Broadcast(Utf8Bytes),
-    /// The user's events up to this seq exist in the log; the socket reads
-    /// the ones it has not written (a doorbell another instance lost).
-    CatchUp(u64),
-}
-
-/// The queue between the hub and one socket's task. Lighter than a channel:
-/// an idle socket's queue holds no allocation.
-pub struct Outbox {
-    queue: Mutex<VecDeque<Outgoing>>,
-    /// Wakes the socket task: something was queued, or it must close.
-    notify: Notify,
-    /// A close code the socket must close with (0: none).
-    close: AtomicU16,
-    capacity: usize,
-}
-
-impl Outbox {
-    fn new(capacity: usize) -> Outbox {
-        Outbox {
-            queue: Mutex::new(VecDeque::new()),
-            notify: Notify::new(),
-            close: AtomicU16::new(0),
-            capacity,
-        }
-    }
-
-    /// Queues a frame; false when the socket is closing or just became too slow.
-    fn push(&self, msg: Outgoing) -> bool {
-        if self.close.load(Ordering::Relaxed) != 0 {
-            return false;
-        }
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= self.capacity {
-            drop(q);
-            self.close_with(close::TOO_SLOW);
-            return false;
-        }
-        q.push_back(msg);
-        drop(q);
-        self.notify.notify_one();
-        true
-    }
-
-    /// Asks the socket to close with `code`; the first code asked wins.
-    pub fn close_with(&self, code: u16) {
-        let _ = self
-            .close
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Relaxed);
-        self.notify.notify_one();
-    }
-
-    pub fn close_code(&self) -> Option<u16> {
-        match self.close.load(Ordering::Acquire) {
-            0 => None,
-            c => Some(c),
-        }
-    }
-
-    /// Takes everything queued. The queue is left without an allocation.
-    pub fn take(&self) -> VecDeque<Outgoing> {
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Resolves when something was queued or a close was asked since the
-    /// last wait (a notification that arrives between waits is kept).
-    pub fn wait(&self) -> Notified<'_> {
-        self.notify.notified()
-    }
-}
 
 /// One live socket.
 pub struct Conn {
@@ -102,19 +33,22 @@ pub struct Conn {
     /// The login session whose token opened (or last refreshed) the socket;
     /// revoking the session closes it.
     pub session_id: AtomicU64,
-    /// Seq of the newest user event written to the socket (kept by its
-    /// task; read by the catch-up check).
-    pub sent_seq: AtomicU64,
     pub outbox: Outbox,
 }
+
+/// Sockets per user, oldest first, of the users of one part.
+type Part = DashMap<UserId, Vec<Arc<Conn>>>;
 
 /// How long a product's newest stock version is remembered after its last
 /// broadcast.
 const VERSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// At most this many broadcasting threads (and parts).
+const MAX_PARTS: usize = 8;
+
 pub struct Hub {
-    /// Sockets per user, oldest first.
-    users: DashMap<UserId, Vec<Arc<Conn>>>,
+    shared: Arc<Shared>,
+    broadcaster: Broadcaster,
     /// The newest stock version broadcast per product, and when: an older
     /// broadcast that lost a race to a newer one is dropped, so no socket
     /// ever sees a stock go back to an older value. Entries not touched for
@@ -128,15 +62,34 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// A hub with one part (and broadcasting thread) per core.
     pub fn new(max_per_user: usize, outbox_capacity: usize) -> Hub {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shared = Arc::new(Shared {
+            parts: (0..cores.clamp(1, MAX_PARTS))
+                .map(|_| Part::new())
+                .collect(),
+            timer: OnceLock::new(),
+        });
         Hub {
-            users: DashMap::new(),
+            broadcaster: Broadcaster::start(&shared),
+            shared,
             versions: DashMap::new(),
             total: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             max_per_user: max_per_user.max(1),
             outbox_capacity,
         }
+    }
+
+    /// Observes the time each broadcast takes to reach every socket.
+    pub fn time_broadcasts(&self, histogram: Histogram) {
+        let _ = self.shared.timer.set(histogram);
+    }
+
+    fn part(&self, user_id: UserId) -> &Part {
+        let parts = &self.shared.parts;
+        &parts[(user_id.0 % parts.len() as u64) as usize]
     }
 
     /// Adds a socket for `user_id` and admits it: when the user already
@@ -160,10 +113,12 @@ impl Hub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             merchant: AtomicBool::new(false),
             session_id: AtomicU64::new(session_id.0),
-            sent_seq: AtomicU64::new(0),
             outbox: Outbox::new(self.outbox_capacity),
         });
-        self.users.entry(user_id).or_default().push(conn.clone());
+        self.part(user_id)
+            .entry(user_id)
+            .or_default()
+            .push(conn.clone());
         self.total.fetch_add(1, Ordering::Relaxed);
         Registration {
             hub: self.clone(),
@@ -174,7 +129,7 @@ impl Hub {
 
     fn unregister(&self, user_id: UserId, conn_id: u64) {
         // Drops the user's entry with their last socket.
-        self.users.remove_if_mut(&user_id, |_, conns| {
+        self.part(user_id).remove_if_mut(&user_id, |_, conns| {
             conns.retain(|c| c.id != conn_id);
             conns.is_empty()
         });
@@ -182,7 +137,7 @@ impl Hub {
     }
 
     fn sockets_of(&self, user_id: UserId) -> Vec<Arc<Conn>> {
-        self.users
+        self.part(user_id)
             .get(&user_id)
             .map(|c| c.clone())
             .unwrap_or_default()
@@ -191,13 +146,19 @@ impl Hub {
     /// Pushes committed user events to every socket of their users.
     pub fn deliver(&self, events: &[UserEvent]) {
         for e in events {
-            self.deliver_frame(e.user_id, e.seq, Utf8Bytes::from(e.frame.clone()));
+            self.deliver_frame(e.user_id, e.seq, &e.frame);
         }
     }
 
-    /// Pushes one user event (committed here or on another instance).
-    pub fn deliver_frame(&self, user_id: UserId, seq: u64, frame: Utf8Bytes) {
-        for conn in self.sockets_of(user_id) {
+    /// Pushes one user event (committed here or on another instance),
+    /// framed once for all the user's sockets.
+    pub fn deliver_frame(&self, user_id: UserId, seq: u64, text: &str) {
+        let sockets = self.sockets_of(user_id);
+        if sockets.is_empty() {
+            return;
+        }
+        let frame = frame::text(text);
+        for conn in sockets {
             conn.outbox.push(Outgoing::User {
                 seq,
                 frame: frame.clone(),
@@ -207,7 +168,11 @@ impl Hub {
 
     /// Users with a socket here.
     pub fn local_users(&self) -> Vec<UserId> {
-        self.users.iter().map(|e| *e.key()).collect()
+        self.shared
+            .parts
+            .iter()
+            .flat_map(|p| p.iter().map(|e| *e.key()).collect::<Vec<_>>())
+            .collect()
     }
 
     /// Tells the user's sockets that have not written up to `last_seq` to
@@ -215,7 +180,7 @@ impl Hub {
     pub fn catch_up(&self, user_id: UserId, last_seq: u64) -> usize {
         let mut behind = 0;
         for conn in self.sockets_of(user_id) {
-            if conn.sent_seq.load(Ordering::Relaxed) < last_seq {
+            if conn.outbox.sent() < last_seq {
                 conn.outbox.push(Outgoing::CatchUp(last_seq));
                 behind += 1;
             }
@@ -223,47 +188,42 @@ impl Hub {
         behind
     }
 
-    /// Queues `frame` into every outbox of `audience`, walking the map in
-    /// place (a shard is read-locked only while its sockets are queued to;
-    /// nothing is cloned per socket). Returns how many took it.
-    fn push_all(&self, audience: Audience, frame: &Utf8Bytes) -> usize {
-        let mut taken = 0;
-        for entry in self.users.iter() {
-            for c in entry.value() {
-                if audience == Audience::Merchants && !c.merchant.load(Ordering::Relaxed) {
-                    continue;
-                }
-                if c.outbox.push(Outgoing::Broadcast(frame.clone())) {
-                    taken += 1;
-                }
-            }
-        }
-        taken
-    }
-
-    /// Sends one frame to every socket; returns how many took it.
-    pub fn broadcast_all(&self, frame: Utf8Bytes) -> usize {
-        self.push_all(Audience::Everyone, &frame)
-    }
-
-    /// Sends a broadcast to its audience. A versioned one (a product's
-    /// stock) is dropped when a newer version of it was already sent; the
-    /// check and the pushes happen under the product's entry lock, so two
-    /// racing broadcasts of one product reach every outbox in order.
-    pub fn broadcast(&self, b: &Broadcast) -> usize {
-        let frame = Utf8Bytes::from(b.frame.clone());
+    /// Sends a broadcast to its audience, on the broadcasting threads; false
+    /// when it was dropped. A versioned one (a product's stock) is dropped
+    /// when a newer version of it was already sent; the check and the
+    /// hand-over happen under the product's entry lock, so two racing
+    /// broadcasts of one product reach every socket in order.
+    pub fn broadcast(&self, b: &Broadcast) -> bool {
+        let frame = shared_frame(&b.frame);
         match b.version {
-            None => self.push_all(b.audience, &frame),
+            None => self.broadcaster.send(Some(frame), b.audience, None),
             Some((product, version)) => {
                 let now = std::time::Instant::now();
                 let mut newest = self.versions.entry(product).or_insert((0, now));
                 if newest.0 >= version {
-                    return 0;
+                    return false;
                 }
                 *newest = (version, now);
-                self.push_all(b.audience, &frame)
+                self.broadcaster.send(Some(frame), b.audience, None);
             }
         }
+        true
+    }
+
+    /// Sends `text` to every socket and waits until each has taken it or
+    /// refused it; returns how many took it (tests and benchmarks).
+    pub fn broadcast_all(&self, text: &str) -> usize {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.broadcaster
+            .send(Some(shared_frame(text)), Audience::Everyone, Some(tx));
+        rx.recv().unwrap_or(0)
+    }
+
+    /// Waits until every broadcast asked for so far has reached its sockets.
+    pub fn settle(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.broadcaster.send(None, Audience::Everyone, Some(tx));
+        let _ = rx.recv();
     }
 
     /// Closes a user's sockets of one session, or all of them.
@@ -289,8 +249,18 @@ impl Hub {
     }
 
     pub fn users(&self) -> usize {
-        self.users.len()
+        self.shared.parts.iter().map(|p| p.len()).sum()
     }
+}
+
+/// A broadcast's frame, in bytes every socket can share: cloning it is a
+/// reference count, never a copy or an allocation.
+fn shared_frame(text: &str) -> Bytes {
+    let frame = frame::text(text);
+    // The first clone of bytes made from a `Vec` allocates its shared
+    // header; take that once here rather than on the first socket.
+    drop(frame.clone());
+    frame
 }
 
 /// A socket's place in the hub, held by its task for as long as it runs.
@@ -305,7 +275,7 @@ impl Registration {
     /// user's oldest sockets beyond the cap are closed with 4002.
     pub fn admit(&self, merchant: bool) {
         self.conn.merchant.store(merchant, Ordering::Relaxed);
-        if let Some(conns) = self.hub.users.get(&self.user_id) {
+        if let Some(conns) = self.hub.part(self.user_id).get(&self.user_id) {
             let excess = conns.len().saturating_sub(self.hub.max_per_user);
             for old in conns.iter().filter(|c| c.id != self.conn.id).take(excess) {
                 old.outbox.close_with(close::REPLACED);
@@ -366,12 +336,12 @@ mod tests {
         let slow = hub.register(UserId(1), SessionId(1), false);
         let fast = hub.register(UserId(2), SessionId(2), false);
         for _ in 0..3 {
-            hub.broadcast_all(Utf8Bytes::from_static("{}"));
+            hub.broadcast_all("{}");
             fast.conn.outbox.take();
         }
         assert_eq!(slow.conn.outbox.close_code(), Some(close::TOO_SLOW));
         assert_eq!(fast.conn.outbox.close_code(), None);
-        assert_eq!(hub.broadcast_all(Utf8Bytes::from_static("{}")), 1);
+        assert_eq!(hub.broadcast_all("{}"), 1);
     }
 
     fn stock(product: u32, version: u64, frame: &str) -> Broadcast {
@@ -387,9 +357,10 @@ mod tests {
     fn an_older_version_that_lost_the_race_is_not_broadcast() {
         let hub = Arc::new(Hub::new(5, 8));
         let s = hub.register(UserId(1), SessionId(1), false);
-        assert_eq!(hub.broadcast(&stock(7, 2, "v2")), 1);
-        assert_eq!(hub.broadcast(&stock(7, 1, "v1")), 0);
-        assert_eq!(hub.broadcast(&stock(8, 1, "other")), 1);
+        assert!(hub.broadcast(&stock(7, 2, "v2")));
+        assert!(!hub.broadcast(&stock(7, 1, "v1")));
+        assert!(hub.broadcast(&stock(8, 1, "other")));
+        hub.settle();
         let got: Vec<_> = s.conn.outbox.take().into_iter().collect();
         assert_eq!(got.len(), 2);
     }
@@ -405,7 +376,8 @@ mod tests {
             coalesce: None,
             frame: "{}".into(),
         };
-        assert_eq!(hub.broadcast(&b), 1);
+        assert!(hub.broadcast(&b));
+        hub.settle();
         assert!(guest.conn.outbox.take().is_empty());
         assert_eq!(merchant.conn.outbox.take().len(), 1);
     }

@@ -154,6 +154,11 @@ impl<T> Watched<T> {
         }
     }
 
+    /// The socket, once hyper has handed the connection over (101).
+    pub(super) fn into_inner(self) -> T {
+        self.io
+    }
+
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some(deadline) = self.phase.deadline() else {
             return Poll::Pending;

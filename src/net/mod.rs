@@ -42,9 +42,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -211,6 +212,16 @@ pub async fn serve(
         connections.wait().await;
     }
     Ok(())
+}
+
+/// The TCP connection under a connection hyper upgraded (101), and any
+/// bytes hyper read past the request head. `Err` gives back an upgrade
+/// that did not come through [`serve`].
+pub fn upgraded_tcp(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<(TcpStream, Bytes), hyper::upgrade::Upgraded> {
+    let parts = upgraded.downcast::<TokioIo<Watched<TcpStream>>>()?;
+    Ok((parts.io.into_inner().into_inner(), parts.read_buf))
 }
 
 /// Errors that concern only the connection being accepted.

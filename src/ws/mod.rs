@@ -1,15 +1,22 @@
 //! `/ws`: the upgrade (authenticated before it happens), the socket's task
 //! and its commands.
+//!
+//! The handshake is RFC 6455's, answered here; after the 101 the socket's
+//! task owns the bare TCP connection and speaks frames itself
+//! (`crate::frame`), so a broadcast's bytes can be written by the hub into
+//! every socket with no per-socket state in between (`crate::hub`).
 
 mod commands;
 mod session;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{State, ws::rejection::WebSocketUpgradeRejection};
-use axum::http::HeaderMap;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hyper::upgrade::OnUpgrade;
 use protocol::ErrorCode;
 use serde::Deserialize;
+use std::convert::Infallible;
 
 use crate::app::AppState;
 use crate::domain::auth::check_session;
@@ -23,13 +30,64 @@ pub struct WsParams {
     since: Option<u64>,
 }
 
+/// A valid WebSocket opening handshake, or what is wrong with it.
+pub struct Handshake(Result<Opening, &'static str>);
+
+pub struct Opening {
+    accept: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Handshake(opening(parts)))
+    }
+}
+
+/// Checks the request is a version-13 WebSocket upgrade (RFC 6455 §4.2.1)
+/// and takes the connection's upgrade handle.
+fn opening(parts: &mut Parts) -> Result<Opening, &'static str> {
+    let h = &parts.headers;
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if parts.method != Method::GET
+        || !has_token(header::CONNECTION, "upgrade")
+        || !has_token(header::UPGRADE, "websocket")
+    {
+        return Err("须为 WebSocket 升级请求");
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err("WebSocket 版本须为 13");
+    }
+    let key = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| k.len() == 24)
+        .ok_or("缺少有效的 Sec-WebSocket-Key")?;
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = HeaderValue::from_str(&accept).map_err(|_| "缺少有效的 Sec-WebSocket-Key")?;
+    let on_upgrade = parts
+        .extensions
+        .remove::<OnUpgrade>()
+        .ok_or("须为 WebSocket 升级请求")?;
+    Ok(Opening { accept, on_upgrade })
+}
+
 /// Authenticates (header or `?token=`) and checks capacity before upgrading,
 /// so a refused socket gets a plain HTTP error in the REST envelope.
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<WsParams>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    Handshake(opening): Handshake,
 ) -> Response {
     let token = bearer_token(&headers).or(params.token.as_deref());
     let Some(token) = token.filter(|t| !t.is_empty()) else {
@@ -39,11 +97,9 @@ pub async fn upgrade(
         Ok(a) => a,
         Err(code) => return Error::Refused(code).into_response(),
     };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(_) => {
-            return Error::invalid("Upgrade", "须为 WebSocket 升级请求").into_response();
-        }
+    let opening = match opening {
+        Ok(o) => o,
+        Err(why) => return Error::invalid("Upgrade", why).into_response(),
     };
     if state.hub.connections() >= state.config.ws_max_connections {
         return Error::Refused(ErrorCode::TooManyConnections).into_response();
@@ -59,27 +115,35 @@ pub async fn upgrade(
     };
     reg.admit(auth.is_merchant);
     tracing::Span::current().record("user_id", auth.user_id.0);
-    let c = &state.config;
-    let max = c.ws_max_frame_bytes;
-    let since = params.since;
-    let tracker = state.sockets.clone();
-    ws.read_buffer_size(c.ws_read_buffer_bytes)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max.max(64 * 1024) * 4)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| {
-            // No span per socket: an open span costs memory for as long as
-            // the socket lives. Socket log lines carry `user_id` themselves.
-            let start = session::Start {
-                auth,
-                reg,
-                total_points,
-                last_seq,
-                since,
-            };
-            let fut = session::run(socket, state, start);
-            tracker.track_future(fut)
-        })
+    let start = session::Start {
+        auth,
+        reg,
+        total_points,
+        last_seq,
+        since: params.since,
+    };
+    let Opening { accept, on_upgrade } = opening;
+    // No span per socket: an open span costs memory for as long as the
+    // socket lives. Socket log lines carry `user_id` themselves.
+    state.sockets.clone().spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        match crate::net::upgraded_tcp(upgraded) {
+            Ok((socket, early)) => session::run(socket, early, state, start).await,
+            Err(_) => {
+                tracing::error!("a websocket upgrade did not come through the server's listener")
+            }
+        }
+    });
+    let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    res
 }

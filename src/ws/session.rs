@@ -1,27 +1,32 @@
 //! One socket's task: a single `select!` loop over the socket, its outbox,
 //! the heartbeat and shutdown. Commands run inline, one at a time, so a
-//! socket costs one task.
+//! socket costs one task. The task reads frames itself (`crate::frame`)
+//! and writes through the socket's outbox, which others write into
+//! directly when the socket can take it: a broadcast does not wake the
+//! task at all.
 //!
 //! Memory: an idle socket's task is this loop's future, whose size is that
-//! of its largest state. Everything that awaits the database (a command, a
-//! replay, a gap fill) is boxed, so its state is allocated only while it
-//! runs: the idle future is ~1.6 KB instead of ~9 KB.
+//! of its largest state. Everything that awaits something else (a command,
+//! a replay, a gap fill, a blocked write) is boxed, so its state is
+//! allocated only while it runs, and bytes are read into a buffer on the
+//! stack of a plain function, never kept across an await.
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use bytes::Bytes;
 use protocol::{Welcome, close, event};
+use std::io;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
-use std::task::Poll;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
 use super::commands::{self, Change, Handled, SessionView};
 use crate::app::AppState;
 use crate::domain::auth::AuthUser;
 use crate::domain::{event_frame, rfc3339};
+use crate::frame::{self, Incoming, Reader};
 use crate::heartbeat;
-use crate::hub::{Outgoing, Registration};
+use crate::hub::{Drained, Registration};
 use crate::store;
 
 /// A write that cannot complete in this time means the peer stopped reading.
@@ -32,20 +37,28 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// At shutdown, how long a socket may stay quiet before it is closed.
 const DRAIN_QUIET: Duration = Duration::from_millis(50);
+/// RFC 6455's code for a normal close, when a client's close frame has none.
+const NORMAL_CLOSURE: u16 = 1000;
+/// Bytes read from the socket per call (on the stack, not kept).
+const READ_CHUNK: usize = 4096;
+/// Reads per wake-up before the loop looks at its other work.
+const READS_PER_TURN: usize = 16;
 
 /// Why the loop ended.
 enum End {
     /// Close the socket with this code.
-    Close(u16, &'static str),
-    /// The peer is gone (closed, reset, or stopped reading): just drop it.
+    Close(u16),
+    /// The client closed: answer its close frame (with its code), then end.
+    Answer(Option<u16>),
+    /// The peer is gone (reset, or stopped reading): just drop it.
     Gone,
 }
 
-struct Session<S> {
-    socket: S,
+struct Session {
     state: AppState,
     auth: AuthUser,
     reg: Registration,
+    reader: Reader,
     last_seen: Instant,
     /// Token bucket for the command rate.
     tokens: f64,
@@ -65,10 +78,9 @@ pub struct Start {
     pub since: Option<u64>,
 }
 
-pub async fn run<S>(socket: S, state: AppState, start: Start)
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
-{
+/// Serves one upgraded connection: `early` is what the client sent right
+/// behind its handshake.
+pub async fn run(socket: TcpStream, early: Bytes, state: AppState, start: Start) {
     let Start {
         auth,
         reg,
@@ -78,70 +90,73 @@ where
     } = start;
     state.metrics.ws_accepted.inc();
     let burst = state.config.ws_command_burst as f64;
+    let reader = Reader::new(state.config.ws_max_frame_bytes);
     let mut session = Session {
-        socket,
         state,
         auth,
         reg,
+        reader,
         last_seen: Instant::now(),
         tokens: burst,
         refilled: Instant::now(),
         strikes: 0,
     };
-    let end = session.serve(total_points, last_seq, since).await;
-    if let End::Close(code, reason) = end {
-        session.state.metrics.socket_closed(code);
-        Box::pin(session.close(code, reason)).await;
+    let end = session
+        .serve(socket, early, total_points, last_seq, since)
+        .await;
+    match end {
+        End::Close(code) => {
+            session.state.metrics.socket_closed(code);
+            Box::pin(session.close(code, close_reason(code))).await;
+        }
+        End::Answer(code) => Box::pin(session.answer_close(code)).await,
+        End::Gone => {}
     }
 }
 
-impl<S> Session<S>
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
-{
-    /// Sends the close frame, then reads (and drops) whatever the client
-    /// still sends until its own close frame or the end, bounded: dropping
-    /// the connection with unread data would reset it, and a client could
-    /// lose the close frame and see 1006. (After a read error — 1007, 1009 —
-    /// the socket reads nothing more, so those connections still end in a
-    /// reset right after the close frame, which clients were seen to
-    /// receive.)
-    async fn close(&mut self, code: u16, reason: &'static str) {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let socket = &mut self.socket;
-        let _ = timeout(CLOSE_TIMEOUT, async move {
-            if socket.send(Message::Close(Some(frame))).await.is_err() {
-                return;
-            }
-            while let Some(Ok(msg)) = socket.next().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-
-    async fn serve(&mut self, total_points: i64, last_seq: u64, since: Option<u64>) -> End {
+impl Session {
+    async fn serve(
+        &mut self,
+        mut socket: TcpStream,
+        early: Bytes,
+        total_points: i64,
+        last_seq: u64,
+        since: Option<u64>,
+    ) -> End {
         // Boxed, like every other one-off step: its state is not kept in the
         // long-lived loop below.
-        if let Err(end) = Box::pin(self.greet(total_points, last_seq, since)).await {
+        let greeting = Box::pin(self.greeting(total_points, last_seq, since)).await;
+        let greet = Box::pin(timeout(WRITE_TIMEOUT, async {
+            for f in &greeting {
+                socket.write_all(f).await?;
+            }
+            io::Result::Ok(())
+        }));
+        if !matches!(greet.await, Ok(Ok(()))) {
+            return End::Gone;
+        }
+        // From here on the outbox owns the socket, and what was queued for
+        // it since it joined the hub follows the greeting.
+        self.reg.conn.outbox.install(socket);
+        let mut incoming = Vec::new();
+        let violation = self.reader.feed(&early, &mut incoming).err();
+        if let Err(end) = Box::pin(self.handle_all(&mut incoming)).await {
             return end;
+        }
+        if let Some(v) = violation {
+            return End::Close(v.code());
         }
         self.main_loop().await
     }
 
     /// `welcome`, then (with `?since=`) the replay and its `sync_result`.
-    async fn greet(
+    async fn greeting(
         &mut self,
         total_points: i64,
         last_seq: u64,
         since: Option<u64>,
-    ) -> Result<(), End> {
-        self.set_sent(last_seq);
+    ) -> Vec<Bytes> {
+        self.reg.conn.outbox.set_sent(last_seq);
         let welcome = Welcome {
             user_id: self.auth.user_id,
             total_points,
@@ -154,7 +169,7 @@ where
             let handled = commands::sync_after_connect(self.view(), since, last_seq).await;
             frames.extend(self.apply(handled));
         }
-        self.write(frames).await
+        frames.iter().map(|f| frame::text(f)).collect()
     }
 
     async fn main_loop(&mut self) -> End {
@@ -165,11 +180,17 @@ where
         if heartbeat::stopping(&beat) {
             return self.shut_down().await;
         }
-        // The outbox wait is made once and renewed only when it fires: a
-        // broadcast wakes every socket, and making it anew on every turn
-        // of the loop would cost each of them a registration more.
         let conn = self.reg.conn.clone();
+        let Some(socket) = conn.outbox.socket() else {
+            return End::Gone;
+        };
+        // The outbox wait is made once and renewed only when it fires.
         let mut queued = pin!(conn.outbox.wait());
+        let mut incoming = Vec::new();
+        // What was queued while the greeting was written.
+        if let Err(end) = Box::pin(self.flush()).await {
+            return end;
+        }
 
         loop {
             tokio::select! {
@@ -177,36 +198,22 @@ where
                 _ = &mut queued => {
                     queued.set(conn.outbox.wait());
                     if let Some(code) = conn.outbox.close_code() {
-                        return End::Close(code, close_reason(code));
+                        return End::Close(code);
                     }
-                    if let Err(end) = self.flush_outbox().await {
+                    if let Err(end) = Box::pin(self.flush()).await {
                         return end;
                     }
                 }
-                msg = self.socket.next() => {
-                    self.last_seen = Instant::now();
-                    match msg {
-                        Some(Ok(Message::Text(text))) => {
-                            let frames = Box::pin(self.on_text(&text)).await;
-                            if let Some(code) = conn.outbox.close_code() {
-                                return End::Close(code, close_reason(code));
-                            }
-                            if let Err(end) = self.write(frames).await {
-                                return end;
-                            }
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            let frames = vec![commands::error_event(protocol::ErrorCode::MalformedFrame)];
-                            if let Err(end) = self.write(frames).await {
-                                return end;
-                            }
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(_))) | None => return End::Gone,
-                        Some(Err(e)) => match read_error(&e) {
-                            Some(end) => return end,
-                            None => return End::Gone,
-                        },
+                ready = socket.readable() => {
+                    if ready.is_err() {
+                        return End::Gone;
+                    }
+                    let read = self.read_now(socket, &mut incoming);
+                    if let Err(end) = Box::pin(self.handle_all(&mut incoming)).await {
+                        return end;
+                    }
+                    if let Err(end) = read {
+                        return end;
                     }
                 }
                 changed = beat.changed() => {
@@ -214,43 +221,196 @@ where
                         return self.shut_down().await;
                     }
                     if self.last_seen.elapsed() > interval * 2 {
-                        return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                        return End::Close(close::HEARTBEAT_TIMEOUT);
                     }
                     if chrono::Utc::now().timestamp() >= self.auth.expires_at {
-                        return End::Close(close::AUTH_EXPIRED, "token expired");
+                        return End::Close(close::AUTH_EXPIRED);
                     }
-                    let ping = self.socket.send(Message::Ping(Default::default()));
-                    if Box::pin(timeout(WRITE_TIMEOUT, ping)).await.is_err() {
-                        return End::Gone;
+                    conn.outbox.push_own([frame::PING]);
+                    if let Err(end) = Box::pin(self.flush()).await {
+                        return end;
                     }
                 }
             }
         }
     }
 
+    /// Reads what the kernel has for this socket (without waiting) and
+    /// turns it into messages. `Err`: the peer is gone, or broke the
+    /// protocol (after the messages before the violation).
+    fn read_now(&mut self, socket: &TcpStream, out: &mut Vec<Incoming>) -> Result<(), End> {
+        let mut buf = [0u8; READ_CHUNK];
+        for _ in 0..READS_PER_TURN {
+            match socket.try_read(&mut buf) {
+                Ok(0) => return Err(End::Gone),
+                Ok(n) => {
+                    self.last_seen = Instant::now();
+                    if let Err(v) = self.reader.feed(&buf[..n], out) {
+                        return Err(End::Close(v.code()));
+                    }
+                    if n < buf.len() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(End::Gone),
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers every message read, in order.
+    async fn handle_all(&mut self, incoming: &mut Vec<Incoming>) -> Result<(), End> {
+        for msg in std::mem::take(incoming) {
+            let frames = match msg {
+                Incoming::Text(text) => {
+                    let frames = Box::pin(self.on_text(&text)).await;
+                    if let Some(code) = self.reg.conn.outbox.close_code() {
+                        return Err(End::Close(code));
+                    }
+                    frames.iter().map(|f| frame::text(f)).collect()
+                }
+                Incoming::Binary => {
+                    vec![frame::text(&commands::error_event(
+                        protocol::ErrorCode::MalformedFrame,
+                    ))]
+                }
+                Incoming::Ping(payload) => vec![frame::encode(frame::opcode::PONG, &payload)],
+                Incoming::Pong => continue,
+                Incoming::Close(code) => return Err(End::Answer(code)),
+            };
+            self.reg.conn.outbox.push_own(frames);
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     /// The server is stopping: finish what the client already sent, then
     /// close with 1001.
     async fn shut_down(&mut self) -> End {
-        Box::pin(self.finish_pending_commands()).await;
-        End::Close(close::GOING_AWAY, "server shutting down")
+        match Box::pin(self.finish_pending_commands()).await {
+            Ok(()) => End::Close(close::GOING_AWAY),
+            Err(end) => end,
+        }
     }
 
     /// At shutdown, commands the client already sent (in the socket's
     /// buffers, not yet read) still run and get their replies before the
     /// 1001 close. Bounded: at most a burst of commands, and reading stops
     /// at the first quiet moment.
-    async fn finish_pending_commands(&mut self) {
-        for _ in 0..self.state.config.ws_command_burst {
-            match timeout(DRAIN_QUIET, self.socket.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    let frames = self.on_text(&text).await;
-                    if self.write(frames).await.is_err() {
-                        return;
+    async fn finish_pending_commands(&mut self) -> Result<(), End> {
+        let conn = self.reg.conn.clone();
+        let Some(socket) = conn.outbox.socket() else {
+            return Ok(());
+        };
+        let mut incoming = Vec::new();
+        let mut left = self.state.config.ws_command_burst as usize;
+        while left > 0 {
+            if !matches!(timeout(DRAIN_QUIET, socket.readable()).await, Ok(Ok(()))) {
+                return Ok(());
+            }
+            let read = self.read_now(socket, &mut incoming);
+            left = left.saturating_sub(incoming.len().max(1));
+            self.handle_all(&mut incoming).await?;
+            read?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued for this socket, filling gaps in the user's
+    /// events from the log, waiting (bounded) while the peer does not read.
+    async fn flush(&mut self) -> Result<(), End> {
+        let conn = self.reg.conn.clone();
+        loop {
+            match conn.outbox.drain() {
+                Drained::Empty | Drained::NoSocket => return Ok(()),
+                Drained::Gone => return Err(End::Gone),
+                Drained::Gap { after, upto } => {
+                    let filled = self.fill(after, upto).await;
+                    conn.outbox.fill(filled);
+                }
+                Drained::Blocked => {
+                    let Some(socket) = conn.outbox.socket() else {
+                        return Err(End::Gone);
+                    };
+                    if !matches!(timeout(WRITE_TIMEOUT, socket.writable()).await, Ok(Ok(()))) {
+                        return Err(End::Gone);
+                    }
+                    if let Some(code) = conn.outbox.close_code() {
+                        return Err(End::Close(code));
                     }
                 }
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_)))) => {}
-                _ => return,
             }
+        }
+    }
+
+    /// The user's events in `(after, upto]` from the log, framed, with the
+    /// seq they reach; `None` when the log could not be read.
+    async fn fill(&self, after: u64, upto: u64) -> Option<(Vec<Bytes>, u64)> {
+        let user_id = self.auth.user_id;
+        match Box::pin(store::events::between(&self.state.db, user_id, after, upto)).await {
+            Ok(missing) => {
+                let last = missing.last().map_or(after, |(seq, _)| *seq);
+                Some((missing.iter().map(|(_, f)| frame::text(f)).collect(), last))
+            }
+            Err(e) => {
+                tracing::warn!(user_id = user_id.0, error = %e, "could not read missed events; will try again");
+                None
+            }
+        }
+    }
+
+    /// Sends the close frame after the end of any frame already begun,
+    /// then half-closes and reads (and drops) what the client still sends
+    /// until its own close frame or the end, bounded: closing with unread
+    /// data would reset the connection, and the client could lose the
+    /// close frame and see 1006.
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let conn = self.reg.conn.clone();
+        conn.outbox
+            .replace_with_close(code, frame::close(code, reason));
+        let Some(socket) = conn.outbox.socket() else {
+            return;
+        };
+        if !write_out(&conn.outbox, socket).await {
+            return;
+        }
+        let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+        // After a violation the reader's state means nothing: just drain.
+        let violated = matches!(
+            code,
+            close::PROTOCOL_ERROR | close::INVALID_UTF8 | close::TOO_BIG
+        );
+        let reader = &mut self.reader;
+        let _ = timeout(CLOSE_TIMEOUT, async move {
+            let mut incoming = Vec::new();
+            loop {
+                if socket.readable().await.is_err() {
+                    return;
+                }
+                match read_answer(socket, reader, &mut incoming, violated) {
+                    Some(true) => return,
+                    Some(false) => {}
+                    None => return,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The client closed: answer with its code (RFC 6455 §5.5.1), after the
+    /// end of any frame already begun, and end.
+    async fn answer_close(&mut self, code: Option<u16>) {
+        let conn = self.reg.conn.clone();
+        let answer = match code {
+            Some(c) => frame::close(c, ""),
+            None => frame::encode(frame::opcode::CLOSE, &[]),
+        };
+        conn.outbox
+            .replace_with_close(code.unwrap_or(NORMAL_CLOSURE), answer);
+        if let Some(socket) = conn.outbox.socket() {
+            write_out(&conn.outbox, socket).await;
         }
     }
 
@@ -263,15 +423,16 @@ where
 
     /// Applies what a command says should change; returns its frames.
     fn apply(&mut self, handled: Handled) -> Vec<String> {
+        let outbox = &self.reg.conn.outbox;
         match handled.change {
             Some(Change::Credentials(next)) => {
                 self.reg
                     .conn
                     .session_id
-                    .store(next.session_id.0, Ordering::Relaxed);
+                    .store(next.session_id.0, std::sync::atomic::Ordering::Relaxed);
                 self.auth = next;
             }
-            Some(Change::SentUpTo(seq)) => self.set_sent(self.sent().max(seq)),
+            Some(Change::SentUpTo(seq)) => outbox.set_sent(outbox.sent().max(seq)),
             None => {}
         }
         handled.frames
@@ -300,108 +461,50 @@ where
         let handled = commands::handle(self.view(), text).await;
         self.apply(handled)
     }
+}
 
-    /// Seq of the newest user event written to this socket; events are
-    /// written in order with no gaps and no repeats. Kept on the hub's
-    /// `Conn`, where the fan-out's catch-up reads it.
-    fn sent(&self) -> u64 {
-        self.reg.conn.sent_seq.load(Ordering::Relaxed)
-    }
-
-    fn set_sent(&self, seq: u64) {
-        self.reg.conn.sent_seq.store(seq, Ordering::Relaxed);
-    }
-
-    /// Appends the user's events in `(after, upto]` from the log; returns
-    /// the seq written up to, or `None` when the log could not be read
-    /// (nothing is skipped: a later event or the catch-up tries again).
-    async fn fill(
-        db: &sqlx::MySqlPool,
-        user_id: protocol::UserId,
-        frames: &mut Vec<Utf8Bytes>,
-        after: u64,
-        upto: u64,
-    ) -> Option<u64> {
-        match Box::pin(store::events::between(db, user_id, after, upto)).await {
-            Ok(missing) => {
-                let last = missing.last().map_or(after, |(seq, _)| *seq);
-                frames.extend(missing.into_iter().map(|(_, f)| Utf8Bytes::from(f)));
-                Some(last)
-            }
-            Err(e) => {
-                tracing::warn!(user_id = user_id.0, error = %e, "could not read missed events; will try again");
-                None
-            }
-        }
-    }
-
-    /// Writes queued hub messages. User events go out in `seq` order: one
-    /// that arrives ahead of its predecessors (two commits pushed in the
-    /// other order, or a doorbell another instance lost) first pulls the
-    /// missing ones from the database, and one already written (by a
-    /// replay) is skipped.
-    async fn flush_outbox(&mut self) -> Result<(), End> {
-        let mut frames: Vec<Utf8Bytes> = Vec::new();
-        let mut sent = self.sent();
-        let (db, user_id) = (&self.state.db, self.auth.user_id);
-        for item in self.reg.conn.outbox.take() {
-            match item {
-                Outgoing::Broadcast(frame) => frames.push(frame),
-                Outgoing::User { seq, frame } => {
-                    if seq <= sent {
-                        continue;
-                    }
-                    if seq > sent + 1 {
-                        match Self::fill(db, user_id, &mut frames, sent, seq - 1).await {
-                            Some(upto) if upto == seq - 1 => {}
-                            Some(upto) => {
-                                // The log ends early: this frame would skip a seq.
-                                sent = upto;
-                                continue;
-                            }
-                            None => continue,
-                        }
-                    }
-                    frames.push(frame);
-                    sent = seq;
-                }
-                Outgoing::CatchUp(upto) if upto > sent => {
-                    if let Some(upto) = Self::fill(db, user_id, &mut frames, sent, upto).await {
-                        sent = upto;
+/// Writes everything queued (a close frame last), waiting for the peer at
+/// most `WRITE_TIMEOUT`; false when it could not.
+async fn write_out(outbox: &crate::hub::Outbox, socket: &TcpStream) -> bool {
+    let done = timeout(WRITE_TIMEOUT, async {
+        loop {
+            match outbox.drain() {
+                Drained::Empty => return true,
+                Drained::Blocked => {
+                    if socket.writable().await.is_err() {
+                        return false;
                     }
                 }
-                Outgoing::CatchUp(_) => {}
+                _ => return false,
             }
         }
-        self.set_sent(sent);
-        self.write_bytes(frames).await
-    }
+    });
+    matches!(done.await, Ok(true))
+}
 
-    async fn write(&mut self, frames: Vec<String>) -> Result<(), End> {
-        self.write_bytes(frames.into_iter().map(Utf8Bytes::from).collect())
-            .await
-    }
-
-    async fn write_bytes(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), End> {
-        if frames.is_empty() {
-            return Ok(());
-        }
-        let socket = &mut self.socket;
-        let mut write = Box::pin(async move {
-            for f in frames {
-                socket.feed(Message::Text(f)).await?;
+/// One read while waiting for the client's answering close frame:
+/// `Some(true)` when it came or the connection ended, `Some(false)` to
+/// keep waiting, `None` on an error.
+fn read_answer(
+    socket: &TcpStream,
+    reader: &mut Reader,
+    incoming: &mut Vec<Incoming>,
+    just_drain: bool,
+) -> Option<bool> {
+    let mut buf = [0u8; READ_CHUNK];
+    match socket.try_read(&mut buf) {
+        Ok(0) => Some(true),
+        Ok(_) if just_drain => Some(false),
+        Ok(n) => {
+            if reader.feed(&buf[..n], incoming).is_err() {
+                return Some(true);
             }
-            socket.flush().await
-        });
-        // Nearly every write completes at once (the kernel takes it): only
-        // one that has to wait for the peer gets a timer.
-        if let Poll::Ready(done) = futures::poll!(write.as_mut()) {
-            return done.map_err(|_| End::Gone);
+            let answered = incoming.iter().any(|m| matches!(m, Incoming::Close(_)));
+            incoming.clear();
+            Some(answered)
         }
-        match Box::pin(timeout(WRITE_TIMEOUT, write)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(false),
+        Err(_) => None,
     }
 }
 
@@ -412,32 +515,11 @@ fn close_reason(code: u16) -> &'static str {
         close::RATE_LIMITED => "rate limited",
         close::TOO_SLOW => "too slow to read events",
         close::PROTOCOL_VIOLATION => "protocol violation",
+        close::PROTOCOL_ERROR => "not a valid websocket frame",
         close::INVALID_UTF8 => "text frame is not UTF-8",
         close::TOO_BIG => "frame too large",
         close::GOING_AWAY => "server shutting down",
+        close::HEARTBEAT_TIMEOUT => "heartbeat timeout",
         _ => "",
     }
-}
-
-/// A read error that the server answers with a close code (a frame too
-/// big: 1009; a text frame that is not UTF-8: 1007), through axum's error
-/// wrapper. Anything else means the peer is gone.
-fn read_error(e: &axum::Error) -> Option<End> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        match err.downcast_ref::<tungstenite::Error>() {
-            Some(tungstenite::Error::Capacity(_)) => {
-                return Some(End::Close(close::TOO_BIG, close_reason(close::TOO_BIG)));
-            }
-            Some(tungstenite::Error::Utf8(_)) => {
-                return Some(End::Close(
-                    close::INVALID_UTF8,
-                    close_reason(close::INVALID_UTF8),
-                ));
-            }
-            _ => {}
-        }
-        source = err.source();
-    }
-    None
 }

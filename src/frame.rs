@@ -48,6 +48,9 @@ pub fn text(payload: &str) -> Bytes {
     encode(opcode::TEXT, payload.as_bytes())
 }
 
+/// An empty ping (the heartbeat), the same bytes for every socket.
+pub const PING: Bytes = Bytes::from_static(&[0x80 | opcode::PING, 0]);
+
 /// A close frame with its code and a short reason (at most 123 bytes).
 pub fn close(code: u16, reason: &str) -> Bytes {
     let reason = &reason.as_bytes()[..reason.len().min(123)];
@@ -82,9 +85,9 @@ pub enum Violation {
 impl Violation {
     pub fn code(self) -> u16 {
         match self {
-            Violation::Protocol => 1002,
-            Violation::NotUtf8 => 1007,
-            Violation::TooBig => 1009,
+            Violation::Protocol => protocol::close::PROTOCOL_ERROR,
+            Violation::NotUtf8 => protocol::close::INVALID_UTF8,
+            Violation::TooBig => protocol::close::TOO_BIG,
         }
     }
 }
@@ -318,7 +321,12 @@ mod tests {
         bytes.extend(client(false, opcode::TEXT, b"ab", [5, 6, 7, 8]));
         bytes.extend(client(true, opcode::PONG, b"", [0, 0, 0, 0]));
         bytes.extend(client(true, opcode::CONTINUATION, b"cd", [1, 1, 1, 1]));
-        bytes.extend(client(true, opcode::CLOSE, &1000u16.to_be_bytes(), [2, 2, 2, 2]));
+        bytes.extend(client(
+            true,
+            opcode::CLOSE,
+            &1000u16.to_be_bytes(),
+            [2, 2, 2, 2],
+        ));
         assert_eq!(
             read_all(&bytes, 1024).unwrap(),
             [
@@ -346,7 +354,12 @@ mod tests {
         let rsv = [0xC1, 0x81, 0, 0, 0, 0, b'a'];
         assert_eq!(read_all(&rsv, 1024), Err(Violation::Protocol));
         let mut split_too_big = client(false, opcode::TEXT, &[b'a'; 800], [1, 2, 3, 4]);
-        split_too_big.extend(client(true, opcode::CONTINUATION, &[b'a'; 800], [1, 2, 3, 4]));
+        split_too_big.extend(client(
+            true,
+            opcode::CONTINUATION,
+            &[b'a'; 800],
+            [1, 2, 3, 4],
+        ));
         assert_eq!(read_all(&split_too_big, 1024), Err(Violation::TooBig));
     }
 
