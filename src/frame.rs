@@ -93,10 +93,15 @@ impl Violation {
 }
 
 /// Reassembles a client's frames. Holds only what it must between reads:
-/// an unfinished frame's bytes and an unfinished fragmented message (an
-/// idle socket's reader holds no buffer).
+/// an unfinished frame's bytes and an unfinished fragmented message, both
+/// behind one pointer that is empty while the socket is idle.
 pub struct Reader {
     max_message: usize,
+    pending: Option<Box<Pending>>,
+}
+
+#[derive(Default)]
+struct Pending {
     /// Bytes of a frame not yet whole.
     partial: Vec<u8>,
     /// A fragmented message being assembled: its opcode and payload.
@@ -107,90 +112,109 @@ impl Reader {
     pub fn new(max_message: usize) -> Reader {
         Reader {
             max_message,
-            partial: Vec::new(),
-            message: None,
+            pending: None,
         }
     }
 
     /// Feeds bytes that arrived; pushes every whole message to `out`.
     /// After an error nothing more should be fed.
-    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Incoming>) -> Result<(), Violation> {
-        if !self.partial.is_empty() {
-            // Complete the pending frame first, using as few of the new
-            // bytes as it needs.
-            self.partial.extend_from_slice(bytes);
-            let pending = std::mem::take(&mut self.partial);
-            let used = self.frames(&pending, out)?;
-            self.partial = pending[used..].to_vec();
-            if self.partial.capacity() > 4 * 1024 && self.partial.len() < 1024 {
-                self.partial.shrink_to_fit();
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Incoming>) -> Result<(), Violation> {
+        let max = self.max_message;
+        let Some(mut p) = self.pending.take() else {
+            // The common case: whole frames, nothing kept.
+            let mut message = None;
+            let used = frames(bytes, max, &mut message, out)?;
+            if used < bytes.len() || message.is_some() {
+                self.pending = Some(Box::new(Pending {
+                    partial: bytes[used..].to_vec(),
+                    message,
+                }));
             }
             return Ok(());
+        };
+        if p.partial.is_empty() {
+            let used = frames(bytes, max, &mut p.message, out)?;
+            p.partial.extend_from_slice(&bytes[used..]);
+        } else {
+            // Complete the pending frame first.
+            p.partial.extend_from_slice(bytes);
+            let buf = std::mem::take(&mut p.partial);
+            let used = frames(&buf, max, &mut p.message, out)?;
+            p.partial = buf[used..].to_vec();
         }
-        let used = self.frames(bytes, out)?;
-        bytes = &bytes[used..];
-        if !bytes.is_empty() {
-            self.partial.extend_from_slice(bytes);
+        if !p.partial.is_empty() || p.message.is_some() {
+            self.pending = Some(p);
         }
         Ok(())
     }
+}
 
-    /// Parses whole frames from the front of `buf`; returns how many bytes
-    /// they took.
-    fn frames(&mut self, buf: &[u8], out: &mut Vec<Incoming>) -> Result<usize, Violation> {
-        let mut at = 0;
-        while let Some((frame, len)) = parse(&buf[at..], self.max_message)? {
-            at += len;
-            self.frame(frame, out)?;
-        }
-        Ok(at)
+/// Parses whole frames from the front of `buf`; returns how many bytes
+/// they took.
+fn frames(
+    buf: &[u8],
+    max: usize,
+    message: &mut Option<(u8, Vec<u8>)>,
+    out: &mut Vec<Incoming>,
+) -> Result<usize, Violation> {
+    let mut at = 0;
+    while let Some((f, len)) = parse(&buf[at..], max)? {
+        at += len;
+        frame(f, max, message, out)?;
     }
+    Ok(at)
+}
 
-    fn frame(&mut self, f: Frame<'_>, out: &mut Vec<Incoming>) -> Result<(), Violation> {
-        let payload = unmask(f.payload, f.mask);
-        match f.opcode {
-            opcode::CLOSE => {
-                let code = match payload.len() {
-                    0 => None,
-                    1 => return Err(Violation::Protocol),
-                    _ => {
-                        if std::str::from_utf8(&payload[2..]).is_err() {
-                            return Err(Violation::NotUtf8);
-                        }
-                        Some(u16::from_be_bytes([payload[0], payload[1]]))
+fn frame(
+    f: Frame<'_>,
+    max: usize,
+    message: &mut Option<(u8, Vec<u8>)>,
+    out: &mut Vec<Incoming>,
+) -> Result<(), Violation> {
+    let payload = unmask(f.payload, f.mask);
+    match f.opcode {
+        opcode::CLOSE => {
+            let code = match payload.len() {
+                0 => None,
+                1 => return Err(Violation::Protocol),
+                _ => {
+                    if std::str::from_utf8(&payload[2..]).is_err() {
+                        return Err(Violation::NotUtf8);
                     }
-                };
-                out.push(Incoming::Close(code));
-            }
-            opcode::PING => out.push(Incoming::Ping(payload)),
-            opcode::PONG => out.push(Incoming::Pong),
-            opcode::TEXT | opcode::BINARY => {
-                if self.message.is_some() {
-                    return Err(Violation::Protocol);
+                    Some(u16::from_be_bytes([payload[0], payload[1]]))
                 }
-                if f.fin {
-                    out.push(whole(f.opcode, payload)?);
-                } else {
-                    self.message = Some((f.opcode, payload));
-                }
-            }
-            opcode::CONTINUATION => {
-                let Some((_, so_far)) = self.message.as_mut() else {
-                    return Err(Violation::Protocol);
-                };
-                if so_far.len() + payload.len() > self.max_message {
-                    return Err(Violation::TooBig);
-                }
-                so_far.extend_from_slice(&payload);
-                if f.fin {
-                    let (op, data) = self.message.take().expect("checked above");
-                    out.push(whole(op, data)?);
-                }
-            }
-            _ => return Err(Violation::Protocol),
+            };
+            out.push(Incoming::Close(code));
         }
-        Ok(())
+        opcode::PING => out.push(Incoming::Ping(payload)),
+        opcode::PONG => out.push(Incoming::Pong),
+        opcode::TEXT | opcode::BINARY => {
+            if message.is_some() {
+                return Err(Violation::Protocol);
+            }
+            if f.fin {
+                out.push(whole(f.opcode, payload)?);
+            } else {
+                *message = Some((f.opcode, payload));
+            }
+        }
+        opcode::CONTINUATION => {
+            let Some((_, so_far)) = message.as_mut() else {
+                return Err(Violation::Protocol);
+            };
+            if so_far.len() + payload.len() > max {
+                return Err(Violation::TooBig);
+            }
+            so_far.extend_from_slice(&payload);
+            if f.fin
+                && let Some((op, data)) = message.take()
+            {
+                out.push(whole(op, data)?);
+            }
+        }
+        _ => return Err(Violation::Protocol),
     }
+    Ok(())
 }
 
 fn whole(opcode: u8, payload: Vec<u8>) -> Result<Incoming, Violation> {
@@ -369,8 +393,13 @@ mod tests {
         let mut out = Vec::new();
         r.feed(&client(true, opcode::TEXT, b"ping", [1, 2, 3, 4]), &mut out)
             .unwrap();
-        assert_eq!(r.partial.capacity(), 0);
-        assert!(r.message.is_none());
+        assert!(r.pending.is_none());
+        r.feed(
+            &client(false, opcode::TEXT, b"pi", [1, 2, 3, 4])[..5],
+            &mut out,
+        )
+        .unwrap();
+        assert!(r.pending.is_some(), "half a frame is kept");
     }
 
     proptest! {
@@ -395,7 +424,7 @@ mod tests {
             }
             let want: Vec<Incoming> = messages.into_iter().map(Incoming::Text).collect();
             prop_assert_eq!(out, want);
-            prop_assert!(r.partial.is_empty());
+            prop_assert!(r.pending.is_none());
         }
 
         /// Any bytes at all: a message, a wait for more, or a violation —

@@ -21,14 +21,11 @@ const KEY_HOURS: u32 = 48;
 const MINUTE: Duration = Duration::from_secs(60);
 
 pub fn spawn(state: &AppState) -> Vec<JoinHandle<()>> {
-    let clock = {
-        let s = state.clone();
-        tokio::spawn(async move {
-            s.clock
-                .run(s.config.heartbeat_interval, s.shutdown.clone())
-                .await
-        })
-    };
+    let clock = tokio::spawn(crate::heartbeat::run(
+        state.hub.clone(),
+        state.config.heartbeat_interval,
+        state.shutdown.clone(),
+    ));
     vec![
         clock,
         tokio::spawn(watch_wheel(state.clone())),

@@ -35,7 +35,7 @@ pub struct Metrics {
     pub command_retries: Family<CommandLabels, Counter>,
     /// Commands answered 2010 because contention outlasted the retries.
     pub command_busy: Family<CommandLabels, Counter>,
-    /// Time to queue one broadcast into every socket's outbox.
+    /// Time for one broadcast to be written to (or queued for) every socket.
     pub broadcast_seconds: Histogram,
     /// Time a transaction waited for a pooled connection.
     pub db_acquire_seconds: Histogram,
@@ -105,7 +105,7 @@ impl Metrics {
         );
         r.register(
             "broadcast_duration_seconds",
-            "Time to queue one broadcast into every socket's outbox.",
+            "Time for one broadcast to be written to (or queued for) every socket.",
             m.broadcast_seconds.clone(),
         );
         r.register(

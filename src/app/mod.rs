@@ -22,7 +22,6 @@ use crate::config::Config;
 use crate::domain::auth::CodeKey;
 use crate::domain::lottery::{self, LoadedWheel};
 use crate::domain::tokens::TokenKeys;
-use crate::heartbeat::Clock;
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -64,8 +63,6 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Tracks socket tasks, which the HTTP server does not wait for.
     pub sockets: TaskTracker,
-    /// Ticks once per heartbeat interval; says when the server stops.
-    pub clock: Clock,
     /// Live connections sampled each minute for the merchant's chart (a
     /// week's worth).
     pub connection_samples: Mutex<VecDeque<ConnectionSample>>,
@@ -126,7 +123,6 @@ impl AppState {
             started: Instant::now(),
             shutdown,
             sockets: TaskTracker::new(),
-            clock: Clock::default(),
             connection_samples: Mutex::new(VecDeque::new()),
             db,
             config,
@@ -137,7 +133,7 @@ impl AppState {
     /// what its client already sent and closes with 1001.
     pub fn stop(&self) {
         self.shutdown.cancel();
-        self.clock.stop();
+        self.hub.close_all(protocol::close::GOING_AWAY);
     }
 
     pub fn wheel(&self) -> LoadedWheel {

@@ -3,7 +3,8 @@
 //! A frame is encoded once; each socket gets a reference to the same bytes
 //! (`Outbox::offer`: no allocation per socket). Each thread takes its jobs
 //! in order, so two broadcasts reach every socket in the order they were
-//! asked for.
+//! asked for. The heartbeat and the closing of every socket at shutdown
+//! walk the hub the same way.
 
 use bytes::Bytes;
 use prometheus_client::metrics::histogram::Histogram;
@@ -12,13 +13,31 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use super::Part;
+use super::{Conn, Part};
 use crate::domain::Audience;
+use crate::frame;
+use protocol::close;
+
+/// What a walk of the hub does to each socket.
+pub(super) enum Work {
+    /// Write (or queue) this frame to the audience's sockets.
+    Frame(Bytes, Audience),
+    /// Of the sockets in `slice` (id ≡ k mod n), close those silent since
+    /// before `silent_before` (hub milliseconds) with 4000, those whose
+    /// token expired by `now_unix` with 4001, and ping the others.
+    Beat {
+        slice: (u32, u32),
+        silent_before: u64,
+        now_unix: i64,
+    },
+    /// Ask every socket to close with this code.
+    CloseAll(u16),
+    /// Nothing: done once every earlier job is.
+    Barrier,
+}
 
 pub(super) struct Job {
-    /// `None`: a barrier (nothing to send; done once every earlier job is).
-    frame: Option<Bytes>,
-    audience: Audience,
+    work: Work,
     started: Instant,
     /// Parts still walking.
     left: AtomicUsize,
@@ -63,16 +82,10 @@ impl Broadcaster {
         Broadcaster { threads }
     }
 
-    /// Hands `frame` to every part; `done` hears how many sockets took it.
-    pub fn send(
-        &self,
-        frame: Option<Bytes>,
-        audience: Audience,
-        done: Option<mpsc::SyncSender<usize>>,
-    ) {
+    /// Hands `work` to every part; `done` hears how many sockets took it.
+    pub fn send(&self, work: Work, done: Option<mpsc::SyncSender<usize>>) {
         let job = Arc::new(Job {
-            frame,
-            audience,
+            work,
             started: Instant::now(),
             left: AtomicUsize::new(self.threads.len()),
             taken: AtomicUsize::new(0),
@@ -86,26 +99,52 @@ impl Broadcaster {
     }
 }
 
-/// Writes (or queues) the job's frame to every socket of part `i`.
+/// Does the job to every socket of part `i`.
 fn walk(shared: &Shared, i: usize, job: &Job) {
     let mut taken = 0;
-    if let Some(frame) = &job.frame {
+    let each = |f: &mut dyn FnMut(&Conn)| {
         for entry in shared.parts[i].iter() {
             for c in entry.value() {
-                if job.audience == Audience::Merchants && !c.merchant.load(Ordering::Relaxed) {
-                    continue;
-                }
-                if c.outbox.offer(frame) {
-                    taken += 1;
-                }
+                f(c);
             }
         }
+    };
+    match &job.work {
+        Work::Frame(frame, audience) => each(&mut |c| {
+            if *audience == Audience::Merchants && !c.merchant.load(Ordering::Relaxed) {
+                return;
+            }
+            if c.outbox.offer(frame) {
+                taken += 1;
+            }
+        }),
+        Work::Beat {
+            slice: (k, n),
+            silent_before,
+            now_unix,
+        } => each(&mut |c| {
+            if c.id % u64::from(*n) != u64::from(*k) {
+                return;
+            }
+            if c.last_seen.load(Ordering::Relaxed) < *silent_before {
+                c.outbox.close_with(close::HEARTBEAT_TIMEOUT);
+            } else if *now_unix >= c.expires_at.load(Ordering::Relaxed) {
+                c.outbox.close_with(close::AUTH_EXPIRED);
+            } else if c.outbox.offer(&frame::PING) {
+                taken += 1;
+            }
+        }),
+        Work::CloseAll(code) => each(&mut |c| {
+            c.outbox.close_with(*code);
+            taken += 1;
+        }),
+        Work::Barrier => {}
     }
-    finish_part(
-        shared.timer.get().filter(|_| job.frame.is_some()),
-        job,
-        taken,
-    );
+    let timer = shared
+        .timer
+        .get()
+        .filter(|_| matches!(job.work, Work::Frame(..)));
+    finish_part(timer, job, taken);
 }
 
 fn finish_part(timer: Option<&Histogram>, job: &Job, taken: usize) {

@@ -15,12 +15,12 @@ pub use outbox::{Drained, Outbox, Outgoing};
 use bytes::Bytes;
 use dashmap::DashMap;
 use prometheus_client::metrics::histogram::Histogram;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 
 use crate::domain::{Audience, Broadcast, UserEvent};
 use crate::frame;
-use broadcast::{Broadcaster, Shared};
+use broadcast::{Broadcaster, Shared, Work};
 use protocol::{ProductId, SessionId, UserId, close};
 
 /// One live socket.
@@ -33,6 +33,10 @@ pub struct Conn {
     /// The login session whose token opened (or last refreshed) the socket;
     /// revoking the session closes it.
     pub session_id: AtomicU64,
+    /// When the client last sent anything, in [`Hub::now_ms`].
+    pub last_seen: AtomicU64,
+    /// When the socket's access token expires (unix seconds).
+    pub expires_at: AtomicI64,
     pub outbox: Outbox,
 }
 
@@ -59,6 +63,8 @@ pub struct Hub {
     next_id: AtomicU64,
     max_per_user: usize,
     outbox_capacity: usize,
+    /// Where [`Hub::now_ms`] counts from.
+    epoch: std::time::Instant,
 }
 
 impl Hub {
@@ -79,7 +85,13 @@ impl Hub {
             next_id: AtomicU64::new(1),
             max_per_user: max_per_user.max(1),
             outbox_capacity,
+            epoch: std::time::Instant::now(),
         }
+    }
+
+    /// Milliseconds since the hub started: the clock of `Conn::last_seen`.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Observes the time each broadcast takes to reach every socket.
@@ -113,6 +125,8 @@ impl Hub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             merchant: AtomicBool::new(false),
             session_id: AtomicU64::new(session_id.0),
+            last_seen: AtomicU64::new(self.now_ms()),
+            expires_at: AtomicI64::new(i64::MAX),
             outbox: Outbox::new(self.outbox_capacity),
         });
         self.part(user_id)
@@ -196,7 +210,7 @@ impl Hub {
     pub fn broadcast(&self, b: &Broadcast) -> bool {
         let frame = shared_frame(&b.frame);
         match b.version {
-            None => self.broadcaster.send(Some(frame), b.audience, None),
+            None => self.broadcaster.send(Work::Frame(frame, b.audience), None),
             Some((product, version)) => {
                 let now = std::time::Instant::now();
                 let mut newest = self.versions.entry(product).or_insert((0, now));
@@ -204,7 +218,7 @@ impl Hub {
                     return false;
                 }
                 *newest = (version, now);
-                self.broadcaster.send(Some(frame), b.audience, None);
+                self.broadcaster.send(Work::Frame(frame, b.audience), None);
             }
         }
         true
@@ -214,15 +228,36 @@ impl Hub {
     /// refused it; returns how many took it (tests and benchmarks).
     pub fn broadcast_all(&self, text: &str) -> usize {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.broadcaster
-            .send(Some(shared_frame(text)), Audience::Everyone, Some(tx));
+        let work = Work::Frame(shared_frame(text), Audience::Everyone);
+        self.broadcaster.send(work, Some(tx));
         rx.recv().unwrap_or(0)
+    }
+
+    /// One heartbeat of the sockets in `slice` (`(k, n)`: those whose id
+    /// is k modulo n): each silent for `silence` is closed with 4000, each
+    /// whose token expired with 4001, the others get a ping — written from
+    /// the broadcasting threads, waking no socket task that has nothing to
+    /// do.
+    pub fn heartbeat(&self, silence: std::time::Duration, slice: (u32, u32)) {
+        let silent_before = self.now_ms().saturating_sub(silence.as_millis() as u64);
+        let now_unix = chrono::Utc::now().timestamp();
+        let work = Work::Beat {
+            slice,
+            silent_before,
+            now_unix,
+        };
+        self.broadcaster.send(work, None);
+    }
+
+    /// Asks every socket to close with `code` (1001 at shutdown).
+    pub fn close_all(&self, code: u16) {
+        self.broadcaster.send(Work::CloseAll(code), None);
     }
 
     /// Waits until every broadcast asked for so far has reached its sockets.
     pub fn settle(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.broadcaster.send(None, Audience::Everyone, Some(tx));
+        self.broadcaster.send(Work::Barrier, Some(tx));
         let _ = rx.recv();
     }
 
@@ -271,6 +306,10 @@ pub struct Registration {
 }
 
 impl Registration {
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
     /// Enforces the per-user cap now that this socket is accepted: the
     /// user's oldest sockets beyond the cap are closed with 4002.
     pub fn admit(&self, merchant: bool) {

@@ -10,13 +10,13 @@
 //! behind it. The lock is held for one non-blocking `send` at most.
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
-use tokio::sync::futures::Notified;
 
 use protocol::close;
 
@@ -61,8 +61,10 @@ pub struct Outbox {
     /// Set once the socket's task has written `welcome`: from then on
     /// others may write to it directly.
     socket: OnceLock<TcpStream>,
-    /// Wakes the socket task: something was queued, or it must close.
-    notify: Notify,
+    /// Wakes the socket task: something was queued, or it must close
+    /// (`signal` says so, and stays set until the task looks).
+    waker: AtomicWaker,
+    signal: AtomicBool,
     /// A close code the socket must close with (0: none).
     close: AtomicU16,
     /// Seq of the newest user event written (or committed to be written
@@ -76,7 +78,8 @@ impl Outbox {
         Outbox {
             queue: Mutex::new(VecDeque::new()),
             socket: OnceLock::new(),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
+            signal: AtomicBool::new(false),
             close: AtomicU16::new(0),
             sent_seq: AtomicU64::new(0),
             capacity,
@@ -90,7 +93,7 @@ impl Outbox {
     /// Hands the socket over once `welcome` is written. Called once.
     pub fn install(&self, socket: TcpStream) {
         let _ = self.socket.set(socket);
-        self.notify.notify_one();
+        self.wake();
     }
 
     pub fn socket(&self) -> Option<&TcpStream> {
@@ -114,7 +117,7 @@ impl Outbox {
                 Ok(n) => {
                     q.push_back(Outgoing::Rest(wire.slice(n..)));
                     drop(q);
-                    self.notify.notify_one();
+                    self.wake();
                     return true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -143,7 +146,7 @@ impl Outbox {
         }
         q.push_back(msg);
         drop(q);
-        self.notify.notify_one();
+        self.wake();
         true
     }
 
@@ -254,7 +257,7 @@ impl Outbox {
         let _ = self
             .close
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Relaxed);
-        self.notify.notify_one();
+        self.wake();
     }
 
     pub fn close_code(&self) -> Option<u16> {
@@ -264,10 +267,22 @@ impl Outbox {
         }
     }
 
-    /// Resolves when something was queued or a close was asked since the
-    /// last wait (a notification that arrives between waits is kept).
-    pub fn wait(&self) -> Notified<'_> {
-        self.notify.notified()
+    fn wake(&self) {
+        self.signal.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready when something was queued for the task or a close was asked
+    /// since it last looked (a wake-up between looks is kept).
+    pub fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.signal.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     pub fn sent(&self) -> u64 {

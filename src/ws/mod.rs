@@ -125,21 +125,12 @@ pub async fn upgrade(
     let Opening { accept, on_upgrade } = opening;
     // No span per socket: an open span costs memory for as long as the
     // socket lives. Socket log lines carry `user_id` themselves.
-    state.sockets.clone().spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "websocket upgrade failed");
-                return;
-            }
-        };
-        match crate::net::upgraded_tcp(upgraded) {
-            Ok((socket, early)) => session::run(socket, early, state, start).await,
-            Err(_) => {
-                tracing::error!("a websocket upgrade did not come through the server's listener")
-            }
-        }
-    });
+    let sockets = state.sockets.clone();
+    sockets.spawn(session::serve(Box::new(session::Setup {
+        on_upgrade,
+        state,
+        start,
+    })));
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = res.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

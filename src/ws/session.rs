@@ -1,6 +1,7 @@
-//! One socket's task: a single `select!` loop over the socket, its outbox,
-//! the heartbeat and shutdown. Commands run inline, one at a time, so a
-//! socket costs one task. The task reads frames itself (`crate::frame`)
+//! One socket's task: a single loop that waits for the socket to be
+//! readable or its outbox to need it (something queued, a close asked —
+//! the heartbeat's and shutdown's included, see `crate::heartbeat`).
+//! Commands run inline, one at a time, so a socket costs one task. The task reads frames itself (`crate::frame`)
 //! and writes through the socket's outbox, which others write into
 //! directly when the socket can take it: a broadcast does not wake the
 //! task at all.
@@ -12,9 +13,12 @@
 //! stack of a plain function, never kept across an await.
 
 use bytes::Bytes;
+use hyper::upgrade::OnUpgrade;
 use protocol::{Welcome, close, event};
+use std::future::poll_fn;
 use std::io;
-use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -25,7 +29,6 @@ use crate::app::AppState;
 use crate::domain::auth::AuthUser;
 use crate::domain::{event_frame, rfc3339};
 use crate::frame::{self, Incoming, Reader};
-use crate::heartbeat;
 use crate::hub::{Drained, Registration};
 use crate::store;
 
@@ -59,7 +62,6 @@ struct Session {
     auth: AuthUser,
     reg: Registration,
     reader: Reader,
-    last_seen: Instant,
     /// Token bucket for the command rate.
     tokens: f64,
     refilled: Instant,
@@ -78,9 +80,44 @@ pub struct Start {
     pub since: Option<u64>,
 }
 
-/// Serves one upgraded connection: `early` is what the client sent right
-/// behind its handshake.
-pub async fn run(socket: TcpStream, early: Bytes, state: AppState, start: Start) {
+/// Everything a socket starts from, in one allocation: what the task
+/// keeps for its whole life is only what [`Session`] holds.
+pub struct Setup {
+    pub on_upgrade: OnUpgrade,
+    pub state: AppState,
+    pub start: Start,
+}
+
+/// The socket's task: the upgrade, the greeting, then the loop until the
+/// socket closes. Each step that runs once is boxed, so the state kept
+/// while the socket idles is the session and the loop's few locals.
+pub async fn serve(setup: Box<Setup>) {
+    if let Some((session, end)) = Box::pin(open(setup)).await {
+        session.live(end).await;
+    }
+}
+
+/// Completes the upgrade and greets: `welcome` (and the replay asked
+/// with `?since=`) written, then the socket handed to its outbox. `None`
+/// when the connection did not get that far; an `End` when what the
+/// client sent right behind its handshake already ends it.
+async fn open(setup: Box<Setup>) -> Option<(Session, Option<End>)> {
+    let Setup {
+        on_upgrade,
+        state,
+        start,
+    } = *setup;
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            return None;
+        }
+    };
+    let Ok((mut socket, early)) = crate::net::upgraded_tcp(upgraded) else {
+        tracing::error!("a websocket upgrade did not come through the server's listener");
+        return None;
+    };
     let Start {
         auth,
         reg,
@@ -89,6 +126,9 @@ pub async fn run(socket: TcpStream, early: Bytes, state: AppState, start: Start)
         since,
     } = start;
     state.metrics.ws_accepted.inc();
+    reg.conn
+        .expires_at
+        .store(auth.expires_at, Ordering::Relaxed);
     let burst = state.config.ws_command_burst as f64;
     let reader = Reader::new(state.config.ws_max_frame_bytes);
     let mut session = Session {
@@ -96,57 +136,47 @@ pub async fn run(socket: TcpStream, early: Bytes, state: AppState, start: Start)
         auth,
         reg,
         reader,
-        last_seen: Instant::now(),
         tokens: burst,
         refilled: Instant::now(),
         strikes: 0,
     };
-    let end = session
-        .serve(socket, early, total_points, last_seq, since)
-        .await;
-    match end {
-        End::Close(code) => {
-            session.state.metrics.socket_closed(code);
-            Box::pin(session.close(code, close_reason(code))).await;
+    let greeting = session.greeting(total_points, last_seq, since).await;
+    let greet = timeout(WRITE_TIMEOUT, async {
+        for f in &greeting {
+            socket.write_all(f).await?;
         }
-        End::Answer(code) => Box::pin(session.answer_close(code)).await,
-        End::Gone => {}
+        io::Result::Ok(())
+    });
+    if !matches!(greet.await, Ok(Ok(()))) {
+        return None;
     }
+    // From here on the outbox owns the socket, and what was queued for it
+    // since it joined the hub follows the greeting.
+    session.reg.conn.outbox.install(socket);
+    let mut incoming = Vec::new();
+    let violation = session.reader.feed(&early, &mut incoming).err();
+    let end = match session.handle_all(&mut incoming).await {
+        Err(end) => Some(end),
+        Ok(()) => violation.map(|v| End::Close(v.code())),
+    };
+    Some((session, end))
 }
 
 impl Session {
-    async fn serve(
-        &mut self,
-        mut socket: TcpStream,
-        early: Bytes,
-        total_points: i64,
-        last_seq: u64,
-        since: Option<u64>,
-    ) -> End {
-        // Boxed, like every other one-off step: its state is not kept in the
-        // long-lived loop below.
-        let greeting = Box::pin(self.greeting(total_points, last_seq, since)).await;
-        let greet = Box::pin(timeout(WRITE_TIMEOUT, async {
-            for f in &greeting {
-                socket.write_all(f).await?;
+    /// The loop, then the close.
+    async fn live(mut self, end: Option<End>) {
+        let end = match end {
+            Some(end) => end,
+            None => self.main_loop().await,
+        };
+        match end {
+            End::Close(code) => {
+                self.state.metrics.socket_closed(code);
+                Box::pin(self.close(code, close_reason(code))).await;
             }
-            io::Result::Ok(())
-        }));
-        if !matches!(greet.await, Ok(Ok(()))) {
-            return End::Gone;
+            End::Answer(code) => Box::pin(self.answer_close(code)).await,
+            End::Gone => {}
         }
-        // From here on the outbox owns the socket, and what was queued for
-        // it since it joined the hub follows the greeting.
-        self.reg.conn.outbox.install(socket);
-        let mut incoming = Vec::new();
-        let violation = self.reader.feed(&early, &mut incoming).err();
-        if let Err(end) = Box::pin(self.handle_all(&mut incoming)).await {
-            return end;
-        }
-        if let Some(v) = violation {
-            return End::Close(v.code());
-        }
-        self.main_loop().await
     }
 
     /// `welcome`, then (with `?since=`) the replay and its `sync_result`.
@@ -173,61 +203,44 @@ impl Session {
     }
 
     async fn main_loop(&mut self) -> End {
-        let interval = self.state.config.heartbeat_interval;
-        // One clock for all sockets (see `crate::heartbeat`): no timer per
-        // socket. It also says when the server is stopping.
-        let mut beat = self.state.clock.subscribe();
-        if heartbeat::stopping(&beat) {
+        if self.state.shutdown.is_cancelled() {
             return self.shut_down().await;
         }
         let conn = self.reg.conn.clone();
         let Some(socket) = conn.outbox.socket() else {
             return End::Gone;
         };
-        // The outbox wait is made once and renewed only when it fires.
-        let mut queued = pin!(conn.outbox.wait());
         let mut incoming = Vec::new();
         // What was queued while the greeting was written.
         if let Err(end) = Box::pin(self.flush()).await {
             return end;
         }
-
         loop {
-            tokio::select! {
-                biased;
-                _ = &mut queued => {
-                    queued.set(conn.outbox.wait());
-                    if let Some(code) = conn.outbox.close_code() {
-                        return End::Close(code);
-                    }
-                    if let Err(end) = Box::pin(self.flush()).await {
-                        return end;
-                    }
+            // Idle here: two wakers registered, no future kept per wait.
+            let wake = poll_fn(|cx| {
+                if conn.outbox.poll_wake(cx).is_ready() {
+                    return Poll::Ready(None);
                 }
-                ready = socket.readable() => {
-                    if ready.is_err() {
-                        return End::Gone;
+                socket.poll_read_ready(cx).map(Some)
+            })
+            .await;
+            match wake {
+                None => match conn.outbox.close_code() {
+                    Some(close::GOING_AWAY) => return self.shut_down().await,
+                    Some(code) => return End::Close(code),
+                    None => {
+                        if let Err(end) = Box::pin(self.flush()).await {
+                            return end;
+                        }
                     }
+                },
+                Some(Err(_)) => return End::Gone,
+                Some(Ok(())) => {
                     let read = self.read_now(socket, &mut incoming);
                     if let Err(end) = Box::pin(self.handle_all(&mut incoming)).await {
                         return end;
                     }
                     if let Err(end) = read {
-                        return end;
-                    }
-                }
-                changed = beat.changed() => {
-                    if changed.is_err() || heartbeat::stopping(&beat) {
-                        return self.shut_down().await;
-                    }
-                    if self.last_seen.elapsed() > interval * 2 {
-                        return End::Close(close::HEARTBEAT_TIMEOUT);
-                    }
-                    if chrono::Utc::now().timestamp() >= self.auth.expires_at {
-                        return End::Close(close::AUTH_EXPIRED);
-                    }
-                    conn.outbox.push_own([frame::PING]);
-                    if let Err(end) = Box::pin(self.flush()).await {
                         return end;
                     }
                 }
@@ -244,7 +257,8 @@ impl Session {
             match socket.try_read(&mut buf) {
                 Ok(0) => return Err(End::Gone),
                 Ok(n) => {
-                    self.last_seen = Instant::now();
+                    let now = self.reg.hub().now_ms();
+                    self.reg.conn.last_seen.store(now, Ordering::Relaxed);
                     if let Err(v) = self.reader.feed(&buf[..n], out) {
                         return Err(End::Close(v.code()));
                     }
@@ -260,15 +274,13 @@ impl Session {
         Ok(())
     }
 
-    /// Answers every message read, in order.
+    /// Answers every message read, in order. A close asked meanwhile ends
+    /// the socket after the reply (at shutdown, the rest are answered too).
     async fn handle_all(&mut self, incoming: &mut Vec<Incoming>) -> Result<(), End> {
         for msg in std::mem::take(incoming) {
             let frames = match msg {
                 Incoming::Text(text) => {
                     let frames = Box::pin(self.on_text(&text)).await;
-                    if let Some(code) = self.reg.conn.outbox.close_code() {
-                        return Err(End::Close(code));
-                    }
                     frames.iter().map(|f| frame::text(f)).collect()
                 }
                 Incoming::Binary => {
@@ -282,6 +294,10 @@ impl Session {
             };
             self.reg.conn.outbox.push_own(frames);
             self.flush().await?;
+            match self.reg.conn.outbox.close_code() {
+                None | Some(close::GOING_AWAY) => {}
+                Some(code) => return Err(End::Close(code)),
+            }
         }
         Ok(())
     }
@@ -426,10 +442,9 @@ impl Session {
         let outbox = &self.reg.conn.outbox;
         match handled.change {
             Some(Change::Credentials(next)) => {
-                self.reg
-                    .conn
-                    .session_id
-                    .store(next.session_id.0, std::sync::atomic::Ordering::Relaxed);
+                let conn = &self.reg.conn;
+                conn.session_id.store(next.session_id.0, Ordering::Relaxed);
+                conn.expires_at.store(next.expires_at, Ordering::Relaxed);
                 self.auth = next;
             }
             Some(Change::SentUpTo(seq)) => outbox.set_sent(outbox.sent().max(seq)),
