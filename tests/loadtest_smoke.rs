@@ -27,6 +27,7 @@ async fn the_load_generator_logs_in_holds_fans_out_and_verifies_commands() {
         write_tokens: true,
         login_concurrency: 32,
         sources: Sources { from: 2, count: 2 },
+        ca: None,
     };
 
     let u = users::run(users::Opts {

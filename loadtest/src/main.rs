@@ -7,7 +7,7 @@ use loadtest::client::Sources;
 use loadtest::link::{self, Control, Driver, Link, REPORT_PREFIX};
 use loadtest::progress::Board;
 use loadtest::scenarios::{
-    Setup, commands, db_baseline, db_check, fanout, hold, storm, tcp_floor, users,
+    Setup, commands, cross, db_baseline, db_check, fanout, hold, storm, tcp_floor, users,
 };
 use loadtest::shard::{self, Pending};
 use serde::Serialize;
@@ -39,6 +39,8 @@ enum Cmd {
     Fanout(FanoutArgs),
     /// C users drawing and/or exchanging as fast as replies come.
     Commands(CommandsArgs),
+    /// U users: draws on the last server, their events timed on the others.
+    Cross(CrossArgs),
     /// Lose N sockets at once; time until all are back, replay check.
     Storm(StormArgs),
     /// The database's own throughput for the draw's transaction shape.
@@ -55,9 +57,14 @@ enum Cmd {
 struct Common {
     /// Server base URL (127.0.0.0/8 or localhost only), or several
     /// separated by commas: sockets are spread over them round-robin,
-    /// logins and merchant setup go to the first.
+    /// logins and merchant setup go to the first. https:// (nginx in
+    /// front) needs --ca.
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     server: String,
+    /// PEM certificate(s) to trust for https:// servers, e.g. scripts/cert's
+    /// .data/tls/cert.pem (a self-signed CA:TRUE certificate is pinned).
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// Tokens file (JSON lines: phone, user_id, access_token).
     #[arg(long, default_value = "tokens.jsonl")]
     tokens: PathBuf,
@@ -100,6 +107,7 @@ impl Common {
                 from: self.src_from,
                 count: self.src_count,
             },
+            ca: self.ca.clone(),
         }
     }
 }
@@ -167,6 +175,9 @@ struct FanoutArgs {
     /// Seconds one update may take to reach every socket.
     #[arg(long, value_parser = secs, default_value = "10")]
     update_timeout: Duration,
+    /// Redis's pid: report its CPU time over the updates.
+    #[arg(long)]
+    redis_pid: Option<u32>,
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
     /// Bound on logging in and connecting, seconds.
@@ -209,6 +220,28 @@ struct CommandsArgs {
     /// Also run db-baseline right after, for comparison (mysql://…, loopback).
     #[arg(long)]
     baseline_database_url: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct CrossArgs {
+    #[command(flatten)]
+    common: Common,
+    /// U: users, each with a listening socket on A and a command socket on B.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Draws per second, all users together.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of sending.
+    #[arg(long, value_parser = secs, default_value = "30")]
+    duration: Duration,
+    /// Seconds after its reply within which an event must reach A.
+    #[arg(long, value_parser = secs, default_value = "10")]
+    event_timeout: Duration,
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    #[arg(long, hide = true)]
+    skip_setup: bool,
 }
 
 #[derive(Args, Clone)]
@@ -353,6 +386,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 return Ok(3);
             }
         }
+        Cmd::Cross(a) => {
+            let r = cross::run(cross_opts(&a)).await?;
+            emit(&r, a.common.json, a.common.child)?;
+            if !r.verification_ok && !a.common.child {
+                return Ok(3);
+            }
+        }
         Cmd::Storm(a) => {
             let r = storm::run(storm_opts(&a)?).await?;
             emit(&r, a.common.json, a.common.child)?;
@@ -421,6 +461,20 @@ fn fanout_opts(a: &FanoutArgs) -> fanout::Opts {
         update_timeout: a.update_timeout,
         duration: a.duration,
         connect_concurrency: a.connect_concurrency,
+        redis_pid: a.redis_pid,
+        link: child_link(&a.common),
+    }
+}
+
+fn cross_opts(a: &CrossArgs) -> cross::Opts {
+    cross::Opts {
+        setup: a.common.setup(),
+        users: a.users,
+        rate: a.rate,
+        duration: a.duration,
+        event_timeout: a.event_timeout,
+        connect_concurrency: a.connect_concurrency,
+        skip_setup: a.skip_setup,
         link: child_link(&a.common),
     }
 }
@@ -563,10 +617,15 @@ async fn run_shard(a: ShardArgs) -> anyhow::Result<i32> {
             let code = if r.verification_ok { 0 } else { 3 };
             finish(&r, a.json, code)?
         }
+        Cmd::Cross(c) => {
+            let r = shard_cross(&sh, c).await?;
+            let code = if r.verification_ok { 0 } else { 3 };
+            finish(&r, a.json, code)?
+        }
         Cmd::Storm(s) => finish(&shard_storm(&sh, s).await?, a.json, 0)?,
         Cmd::Users(_) | Cmd::DbBaseline(_) | Cmd::DbCheck(_) | Cmd::TcpFloor(_) | Cmd::Shard(_) => {
             bail!(
-                "shard runs hold, fanout, commands or storm; users, db-baseline, db-check and tcp-floor need no sharding"
+                "shard runs hold, fanout, commands, cross or storm; users, db-baseline, db-check and tcp-floor need no sharding"
             )
         }
     };
@@ -645,9 +704,12 @@ async fn shard_fanout(sh: &Shard, f: FanoutArgs) -> anyhow::Result<fanout::Repor
     let driven = fanout::drive(
         &api,
         &merchant,
-        product,
-        f.updates,
-        f.update_timeout,
+        fanout::Restocks {
+            product,
+            updates: f.updates,
+            update_timeout: f.update_timeout,
+            redis_pid: f.redis_pid,
+        },
         &mut drivers,
     )
     .await?;
@@ -708,6 +770,39 @@ async fn commands_children(
     link::all_ready(&mut drivers, PHASE_WAIT).await?;
     link::broadcast(&drivers, Control::Go);
     reports(pending).await
+}
+
+/// `cross` in P children, each with its share of the users and of the
+/// rate; the parent does the merchant setup once and undoes it.
+async fn shard_cross(sh: &Shard, c: CrossArgs) -> anyhow::Result<cross::Report> {
+    let setup = c.common.setup();
+    let creds = users::ensure_all(&setup, c.users as u64, Duration::from_secs(300)).await?;
+    let prepared = cross::prepare(&setup, &creds, c.rate, c.duration).await?;
+    let shares = shard::split(c.users, sh.procs);
+    let result = async {
+        let (mut drivers, pending) = sh.spawn(
+            &c.common,
+            &shares,
+            |_, n, _| {
+                vec![
+                    ("users", n.to_string()),
+                    (
+                        "rate",
+                        (c.rate * n as f64 / c.users.max(1) as f64).to_string(),
+                    ),
+                ]
+            },
+            &["skip-setup"],
+        )?;
+        link::all_ready(&mut drivers, PHASE_WAIT).await?;
+        link::broadcast(&drivers, Control::Go);
+        reports::<cross::Report>(pending).await
+    }
+    .await;
+    let restored = commands::restore(&setup.api()?, &prepared).await;
+    let merged = cross::Report::merge(result?, prepared.notes.clone());
+    restored?;
+    Ok(merged)
 }
 
 /// `storm` in P children, all losing their sockets at the same moment.
