@@ -609,6 +609,8 @@ impl Connector {
             .write_all(request.as_bytes())
             .await
             .map_err(|e| io_failure("upgrade", e))?;
+        // Through TLS the request may still sit in rustls until flushed.
+        stream.flush().await.map_err(|e| io_failure("upgrade", e))?;
         let mut buf = Vec::with_capacity(512);
         let head_end = loop {
             let mut chunk = [0u8; 1024];
@@ -652,7 +654,6 @@ impl Connector {
             return Err(ConnectError::new("handshake", "wrong Sec-WebSocket-Accept"));
         }
         let pending = buf.split_off(head_end);
-        let _ = stream.flush().await;
         Ok(match stream {
             Conn::Plain(stream) => RawWs {
                 stream,
