@@ -86,6 +86,10 @@ struct Common {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also write the report as JSON to this file (under `shard`, give it
+    /// to shard, before the `--`).
+    #[arg(long)]
+    save: Option<PathBuf>,
     /// Run as a shard child (progress and report on stdout, controls on stdin).
     #[arg(long, hide = true)]
     child: bool,
@@ -95,6 +99,14 @@ struct Common {
 }
 
 impl Common {
+    fn out(&self) -> Out {
+        Out {
+            json: self.json,
+            child: self.child,
+            save: self.save.clone(),
+        }
+    }
+
     fn setup(&self) -> Setup {
         Setup {
             server: self.server.clone(),
@@ -311,6 +323,9 @@ struct FloorArgs {
     sender: bool,
     #[arg(long)]
     json: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    save: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -321,6 +336,9 @@ struct ShardArgs {
     /// Print the merged report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also write the merged report as JSON to this file.
+    #[arg(long)]
+    save: Option<PathBuf>,
     /// The scenario and its arguments, after `--`.
     #[arg(last = true, required = true)]
     args: Vec<String>,
@@ -344,13 +362,39 @@ async fn main() {
 }
 
 /// Prints a report: JSON, the child's `@report` line, or for people.
-fn emit<R: Serialize + Display>(report: &R, json: bool, child: bool) -> anyhow::Result<()> {
-    if child {
+/// Where a report goes.
+struct Out {
+    /// Print it as JSON instead of the summary.
+    json: bool,
+    /// A shard child: the report goes to the parent.
+    child: bool,
+    /// Also write it, as JSON, to this file.
+    save: Option<PathBuf>,
+}
+
+impl Out {
+    fn plain(json: bool, save: Option<PathBuf>) -> Out {
+        Out {
+            json,
+            child: false,
+            save,
+        }
+    }
+}
+
+fn emit<R: Serialize + Display>(report: &R, out: &Out) -> anyhow::Result<()> {
+    if out.child {
         println!("{REPORT_PREFIX}{}", serde_json::to_string(report)?);
-    } else if json {
+        return Ok(());
+    }
+    if out.json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print!("{report}");
+    }
+    if let Some(path) = &out.save {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("--save {}", path.display()))?;
     }
     Ok(())
 }
@@ -369,33 +413,33 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 duration: a.duration,
             })
             .await?;
-            emit(&r, a.common.json, a.common.child)?;
+            emit(&r, &a.common.out())?;
         }
         Cmd::Hold(a) => {
             let r = hold::run(hold_opts(&a)).await?;
-            emit(&r, a.common.json, a.common.child)?;
+            emit(&r, &a.common.out())?;
         }
         Cmd::Fanout(a) => {
             let r = fanout::run(fanout_opts(&a)).await?;
-            emit(&r, a.common.json, a.common.child)?;
+            emit(&r, &a.common.out())?;
         }
         Cmd::Commands(a) => {
             let r = commands::run(commands_opts(&a)?).await?;
-            emit(&r, a.common.json, a.common.child)?;
+            emit(&r, &a.common.out())?;
             if !r.verification_ok && !a.common.child {
                 return Ok(3);
             }
         }
         Cmd::Cross(a) => {
             let r = cross::run(cross_opts(&a)).await?;
-            emit(&r, a.common.json, a.common.child)?;
+            emit(&r, &a.common.out())?;
             if !r.verification_ok && !a.common.child {
                 return Ok(3);
             }
         }
         Cmd::Storm(a) => {
             let r = storm::run(storm_opts(&a)?).await?;
-            emit(&r, a.common.json, a.common.child)?;
+            emit(&r, &a.common.out())?;
         }
         Cmd::DbBaseline(a) => {
             let r = db_baseline::run(db_baseline::Opts {
@@ -405,11 +449,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 keep: a.keep,
             })
             .await?;
-            emit(&r, a.json, false)?;
+            emit(&r, &Out::plain(a.json, None))?;
         }
         Cmd::DbCheck(a) => {
             let r = db_check::run(&a.database_url).await?;
-            emit(&r, a.json, false)?;
+            emit(&r, &Out::plain(a.json, None))?;
             if !r.ok {
                 return Ok(1);
             }
@@ -436,7 +480,7 @@ async fn run_tcp_floor(a: FloorArgs) -> anyhow::Result<()> {
         in_process: false,
     })
     .await?;
-    emit(&r, a.json, false)
+    emit(&r, &Out::plain(a.json, a.save.clone()))
 }
 
 fn hold_opts(a: &HoldArgs) -> hold::Opts {
@@ -608,21 +652,22 @@ impl Shard {
 
 async fn run_shard(a: ShardArgs) -> anyhow::Result<i32> {
     let (sh, cmd) = Shard::parse(&a)?;
+    let out = Out::plain(a.json, a.save.clone());
     let _printing = sh.board.printer();
     let code = match cmd {
-        Cmd::Hold(h) => finish(&shard_hold(&sh, h).await?, a.json, 0)?,
-        Cmd::Fanout(f) => finish(&shard_fanout(&sh, f).await?, a.json, 0)?,
+        Cmd::Hold(h) => finish(&shard_hold(&sh, h).await?, &out, 0)?,
+        Cmd::Fanout(f) => finish(&shard_fanout(&sh, f).await?, &out, 0)?,
         Cmd::Commands(c) => {
             let r = shard_commands(&sh, c).await?;
             let code = if r.verification_ok { 0 } else { 3 };
-            finish(&r, a.json, code)?
+            finish(&r, &out, code)?
         }
         Cmd::Cross(c) => {
             let r = shard_cross(&sh, c).await?;
             let code = if r.verification_ok { 0 } else { 3 };
-            finish(&r, a.json, code)?
+            finish(&r, &out, code)?
         }
-        Cmd::Storm(s) => finish(&shard_storm(&sh, s).await?, a.json, 0)?,
+        Cmd::Storm(s) => finish(&shard_storm(&sh, s).await?, &out, 0)?,
         Cmd::Users(_) | Cmd::DbBaseline(_) | Cmd::DbCheck(_) | Cmd::TcpFloor(_) | Cmd::Shard(_) => {
             bail!(
                 "shard runs hold, fanout, commands, cross or storm; users, db-baseline, db-check and tcp-floor need no sharding"
@@ -633,8 +678,8 @@ async fn run_shard(a: ShardArgs) -> anyhow::Result<i32> {
 }
 
 /// Prints a merged report and passes the exit code on.
-fn finish<R: Serialize + Display>(report: &R, json: bool, code: i32) -> anyhow::Result<i32> {
-    emit(report, json, false)?;
+fn finish<R: Serialize + Display>(report: &R, out: &Out, code: i32) -> anyhow::Result<i32> {
+    emit(report, out)?;
     Ok(code)
 }
 
@@ -858,6 +903,7 @@ mod tests {
         let a = ShardArgs {
             procs: 2,
             json: false,
+            save: None,
             args: ["hold", "--server", "127.0.0.1:3001,127.0.0.1:3002"]
                 .into_iter()
                 .chain(["--server-pid", "11,12", "--sockets", "10"])
