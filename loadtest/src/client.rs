@@ -1,5 +1,6 @@
 //! The contract as a client sees it: REST calls in the envelope, and
-//! WebSocket connections bound to chosen loopback source addresses.
+//! WebSocket connections bound to chosen loopback source addresses, plain
+//! or through TLS (`https://` servers: nginx in front, see [`crate::tls`]).
 //!
 //! Nothing here knows the server's code: only `protocol` types and the
 //! documented wire format, so the tool measures any server that speaks it.
@@ -13,15 +14,19 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::tls::Tls;
 
 pub use reqwest::Method;
 
@@ -40,20 +45,31 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// `https://` (or `wss://`): TLS to this address, e.g. nginx.
+    pub tls: bool,
+    /// The host as written (`localhost` or the address): the TLS server
+    /// name and the `Host` header.
+    pub host: String,
 }
 
 impl Target {
-    /// Accepts `http://127.0.0.1:3000`, `ws://localhost:3000/`, `127.0.0.5:80`…
-    /// and refuses any host outside 127.0.0.0/8: this tool only ever loads
-    /// a server on this machine.
+    /// Accepts `http://127.0.0.1:3000`, `ws://localhost:3000/`,
+    /// `https://127.0.0.1:8443`, `wss://…`, `127.0.0.5:80`… and refuses any
+    /// host outside 127.0.0.0/8: this tool only ever loads a server on this
+    /// machine.
     pub fn parse(url: &str) -> anyhow::Result<Target> {
-        let rest = url
-            .trim()
-            .strip_prefix("http://")
-            .or_else(|| url.trim().strip_prefix("ws://"))
-            .unwrap_or(url.trim());
+        let trimmed = url.trim();
+        let (tls, rest) = [
+            ("http://", false),
+            ("ws://", false),
+            ("https://", true),
+            ("wss://", true),
+        ]
+        .iter()
+        .find_map(|(scheme, tls)| trimmed.strip_prefix(scheme).map(|r| (*tls, r)))
+        .unwrap_or((false, trimmed));
         if rest.contains("://") {
-            bail!("--server {url:?}: only plain http:// (or ws://) on loopback is supported");
+            bail!("--server {url:?}: only http://, https://, ws:// or wss:// on loopback");
         }
         let hostport = rest.split('/').next().unwrap_or_default();
         let (host, port) = match hostport.rsplit_once(':') {
@@ -62,7 +78,7 @@ impl Target {
                 p.parse::<u16>()
                     .with_context(|| format!("--server {url:?}: bad port"))?,
             ),
-            None => (hostport, 80),
+            None => (hostport, if tls { 443 } else { 80 }),
         };
         let ip = if host.eq_ignore_ascii_case("localhost") {
             Ipv4Addr::LOCALHOST
@@ -78,7 +94,24 @@ impl Target {
         }
         Ok(Target {
             addr: SocketAddr::new(IpAddr::V4(ip), port),
+            tls,
+            host: host.to_ascii_lowercase(),
         })
+    }
+
+    /// The name TLS verifies the server's certificate against.
+    pub fn server_name(&self) -> rustls::pki_types::ServerName<'static> {
+        match self.addr.ip() {
+            _ if self.host == "localhost" => {
+                rustls::pki_types::ServerName::try_from("localhost").expect("a valid DNS name")
+            }
+            ip => rustls::pki_types::ServerName::IpAddress(ip.into()),
+        }
+    }
+
+    /// `host:port` as the `Host` header and URLs say it.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.addr.port())
     }
 
     /// A comma-separated list of servers (`--server a,b,c`), each as
@@ -100,7 +133,13 @@ impl Target {
     }
 
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.authority(), path)
+    }
+
+    fn ws_url(&self, path_and_query: &str) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.authority(), path_and_query)
     }
 }
 
@@ -155,13 +194,17 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(target: &Target) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
+    /// The REST door of `target`; `tls` is required for an `https://` one.
+    pub fn new(target: &Target, tls: Option<&Tls>) -> anyhow::Result<Api> {
+        let mut builder = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .context("HTTP client")?;
+            .pool_idle_timeout(Duration::from_secs(30));
+        if target.tls {
+            let tls = tls.with_context(|| need_ca(target))?;
+            builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(tls));
+        }
+        let http = builder.build().context("HTTP client")?;
         Ok(Api {
             http,
             target: target.clone(),
@@ -301,7 +344,61 @@ impl Sources {
     }
 }
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<Conn>;
+
+/// A client connection: plain TCP, or TLS over it.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why an `https://` server cannot be reached.
+fn need_ca(target: &Target) -> String {
+    format!(
+        "{} is https://: give --ca <pem> (e.g. scripts/cert's cert.pem) to trust its certificate",
+        target.authority()
+    )
+}
 
 /// Why a socket did not get as far as its `welcome`.
 #[derive(Debug, Clone)]
@@ -334,12 +431,24 @@ pub struct Connector {
     sources: Vec<Ipv4Addr>,
     next: AtomicUsize,
     config: WebSocketConfig,
+    /// For the `https://` targets.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Connector {
-    pub fn new(targets: &[Target], sources: Sources) -> anyhow::Result<Connector> {
+    /// `tls` is required when any target is `https://`.
+    pub fn new(
+        targets: &[Target],
+        sources: Sources,
+        tls: Option<&Tls>,
+    ) -> anyhow::Result<Connector> {
         if targets.is_empty() {
             bail!("a connector needs at least one server");
+        }
+        if let Some(t) = targets.iter().find(|t| t.tls)
+            && tls.is_none()
+        {
+            bail!(need_ca(t));
         }
         // Small buffers: the client holds thousands of sockets and reads
         // small frames; the 128 KiB defaults would cost gigabytes.
@@ -354,6 +463,7 @@ impl Connector {
             sources: sources.addrs()?,
             next: AtomicUsize::new(0),
             config,
+            tls: tls.map(|t| tokio_rustls::TlsConnector::from(t.clone())),
         })
     }
 
@@ -370,6 +480,29 @@ impl Connector {
 
     fn target(&self, server: usize) -> &Target {
         &self.targets[server % self.targets.len()]
+    }
+
+    /// TCP to server number `server` (from the next source address), and
+    /// the TLS handshake when it is `https://`.
+    async fn open(&self, server: usize) -> Result<Conn, ConnectError> {
+        let target = self.target(server);
+        let socket = tcp_socket(self.source()).map_err(|e| io_failure("bind", e))?;
+        let stream = socket
+            .connect(target.addr)
+            .await
+            .map_err(|e| io_failure("connect", e))?;
+        let _ = stream.set_nodelay(true);
+        match (&self.tls, target.tls) {
+            (Some(tls), true) => {
+                let tls = tls
+                    .connect(target.server_name(), stream)
+                    .await
+                    .map_err(tls_failure)?;
+                Ok(Conn::Tls(Box::new(tls)))
+            }
+            (None, true) => Err(ConnectError::new("tls", need_ca(target))),
+            (_, false) => Ok(Conn::Plain(stream)),
+        }
     }
 
     fn source(&self) -> Option<Ipv4Addr> {
@@ -402,13 +535,8 @@ impl Connector {
         since: Option<u64>,
     ) -> Result<(Ws, Welcome), ConnectError> {
         let target = self.target(server);
-        let socket = tcp_socket(self.source()).map_err(|e| io_failure("bind", e))?;
-        let stream = socket
-            .connect(target.addr)
-            .await
-            .map_err(|e| io_failure("connect", e))?;
-        let _ = stream.set_nodelay(true);
-        let mut url = format!("ws://{}/ws?token={token}", target.addr);
+        let stream = self.open(server).await?;
+        let mut url = target.ws_url(&format!("/ws?token={token}"));
         if let Some(s) = since {
             url.push_str(&format!("&since={s}"));
         }
@@ -436,11 +564,25 @@ impl Connector {
 }
 
 /// A socket upgraded by hand, for readers that parse frames themselves
-/// (`fanout`): the stream, and the bytes that arrived after the `101`
-/// response (the start of the frame stream, `welcome` first).
+/// (`fanout`, `cross`): the stream, the bytes that arrived after the `101`
+/// response (the start of the frame stream, `welcome` first) and, through
+/// TLS, the connection state the reader goes on with (it may hold more
+/// decrypted bytes).
 pub struct RawWs {
     pub stream: TcpStream,
     pub pending: Vec<u8>,
+    pub tls: Option<Box<rustls::ClientConnection>>,
+}
+
+impl RawWs {
+    /// For the bare `epoll` reader: the same socket, blocking I/O off.
+    pub fn into_raw(self) -> std::io::Result<crate::raw::Socket> {
+        Ok(crate::raw::Socket {
+            stream: self.stream.into_std()?,
+            pending: self.pending,
+            tls: self.tls,
+        })
+    }
 }
 
 impl Connector {
@@ -456,22 +598,19 @@ impl Connector {
 
     async fn connect_raw_inner(&self, server: usize, token: &str) -> Result<RawWs, ConnectError> {
         let target = self.target(server);
-        let socket = tcp_socket(self.source()).map_err(|e| io_failure("bind", e))?;
-        let mut stream = socket
-            .connect(target.addr)
-            .await
-            .map_err(|e| io_failure("connect", e))?;
-        let _ = stream.set_nodelay(true);
+        let mut stream = self.open(server).await?;
         let key = tungstenite::handshake::client::generate_key();
         let request = format!(
             "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            target.addr
+            target.authority()
         );
         stream
             .write_all(request.as_bytes())
             .await
             .map_err(|e| io_failure("upgrade", e))?;
+        // Through TLS the request may still sit in rustls until flushed.
+        stream.flush().await.map_err(|e| io_failure("upgrade", e))?;
         let mut buf = Vec::with_capacity(512);
         let head_end = loop {
             let mut chunk = [0u8; 1024];
@@ -514,9 +653,21 @@ impl Connector {
         if !accepted {
             return Err(ConnectError::new("handshake", "wrong Sec-WebSocket-Accept"));
         }
-        Ok(RawWs {
-            stream,
-            pending: buf.split_off(head_end),
+        let pending = buf.split_off(head_end);
+        Ok(match stream {
+            Conn::Plain(stream) => RawWs {
+                stream,
+                pending,
+                tls: None,
+            },
+            Conn::Tls(tls) => {
+                let (stream, conn) = tls.into_inner();
+                RawWs {
+                    stream,
+                    pending,
+                    tls: Some(Box::new(conn)),
+                }
+            }
         })
     }
 }
@@ -571,6 +722,19 @@ fn io_failure(step: &str, e: std::io::Error) -> ConnectError {
         _ => "io",
     };
     ConnectError::new(kind, format!("{step}: {e}"))
+}
+
+fn tls_failure(e: std::io::Error) -> ConnectError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            ConnectError::new("tls_certificate", format!("{c:?}"))
+        }
+        Some(other) => ConnectError::new("tls", other),
+        None => io_failure("tls", e),
+    }
 }
 
 fn upgrade_failure(e: tungstenite::Error) -> ConnectError {
@@ -735,7 +899,15 @@ mod tests {
         assert!(Target::parse("http://127.9.8.7:1").is_ok());
         assert!(Target::parse("http://10.0.0.1:3000").is_err());
         assert!(Target::parse("http://example.com:3000").is_err());
-        assert!(Target::parse("https://127.0.0.1:3000").is_err());
+        let t = Target::parse("https://127.0.0.1:9443").unwrap();
+        assert!(t.tls && t.addr.port() == 9443);
+        assert_eq!(t.http_url("/x"), "https://127.0.0.1:9443/x");
+        let t = Target::parse("wss://localhost/ws").unwrap();
+        assert!(t.tls && t.addr.port() == 443 && t.host == "localhost");
+        assert_eq!(t.ws_url("/ws"), "wss://localhost:443/ws");
+        assert!(!Target::parse("http://127.0.0.1").unwrap().tls);
+        assert!(Target::parse("https://10.0.0.1:443").is_err());
+        assert!(Target::parse("ftp://127.0.0.1:21").is_err());
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! open-files limit (~19,000 sockets) is not enough.
 
 pub mod client;
+pub mod cpu;
 pub mod link;
 pub mod progress;
 pub mod raw;
 pub mod scenarios;
 pub mod shard;
 pub mod stats;
+pub mod tls;
 
 pub use scenarios::Setup;
 

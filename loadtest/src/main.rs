@@ -7,7 +7,7 @@ use loadtest::client::Sources;
 use loadtest::link::{self, Control, Driver, Link, REPORT_PREFIX};
 use loadtest::progress::Board;
 use loadtest::scenarios::{
-    Setup, commands, db_baseline, db_check, fanout, hold, storm, tcp_floor, users,
+    Setup, commands, cross, db_baseline, db_check, fanout, hold, storm, tcp_floor, users,
 };
 use loadtest::shard::{self, Pending};
 use serde::Serialize;
@@ -39,6 +39,8 @@ enum Cmd {
     Fanout(FanoutArgs),
     /// C users drawing and/or exchanging as fast as replies come.
     Commands(CommandsArgs),
+    /// U users: draws on the last server, their events timed on the others.
+    Cross(CrossArgs),
     /// Lose N sockets at once; time until all are back, replay check.
     Storm(StormArgs),
     /// The database's own throughput for the draw's transaction shape.
@@ -55,9 +57,14 @@ enum Cmd {
 struct Common {
     /// Server base URL (127.0.0.0/8 or localhost only), or several
     /// separated by commas: sockets are spread over them round-robin,
-    /// logins and merchant setup go to the first.
+    /// logins and merchant setup go to the first. https:// (nginx in
+    /// front) needs --ca.
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     server: String,
+    /// PEM certificate(s) to trust for https:// servers, e.g. scripts/cert's
+    /// .data/tls/cert.pem (a self-signed CA:TRUE certificate is pinned).
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// Tokens file (JSON lines: phone, user_id, access_token).
     #[arg(long, default_value = "tokens.jsonl")]
     tokens: PathBuf,
@@ -79,6 +86,10 @@ struct Common {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also write the report as JSON to this file (under `shard`, give it
+    /// to shard, before the `--`).
+    #[arg(long)]
+    save: Option<PathBuf>,
     /// Run as a shard child (progress and report on stdout, controls on stdin).
     #[arg(long, hide = true)]
     child: bool,
@@ -88,6 +99,14 @@ struct Common {
 }
 
 impl Common {
+    fn out(&self) -> Out {
+        Out {
+            json: self.json,
+            child: self.child,
+            save: self.save.clone(),
+        }
+    }
+
     fn setup(&self) -> Setup {
         Setup {
             server: self.server.clone(),
@@ -100,6 +119,7 @@ impl Common {
                 from: self.src_from,
                 count: self.src_count,
             },
+            ca: self.ca.clone(),
         }
     }
 }
@@ -167,6 +187,9 @@ struct FanoutArgs {
     /// Seconds one update may take to reach every socket.
     #[arg(long, value_parser = secs, default_value = "10")]
     update_timeout: Duration,
+    /// Redis's pid: report its CPU time over the updates.
+    #[arg(long)]
+    redis_pid: Option<u32>,
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
     /// Bound on logging in and connecting, seconds.
@@ -209,6 +232,28 @@ struct CommandsArgs {
     /// Also run db-baseline right after, for comparison (mysql://…, loopback).
     #[arg(long)]
     baseline_database_url: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct CrossArgs {
+    #[command(flatten)]
+    common: Common,
+    /// U: users, each with a listening socket on A and a command socket on B.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Draws per second, all users together.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of sending.
+    #[arg(long, value_parser = secs, default_value = "30")]
+    duration: Duration,
+    /// Seconds after its reply within which an event must reach A.
+    #[arg(long, value_parser = secs, default_value = "10")]
+    event_timeout: Duration,
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    #[arg(long, hide = true)]
+    skip_setup: bool,
 }
 
 #[derive(Args, Clone)]
@@ -278,6 +323,9 @@ struct FloorArgs {
     sender: bool,
     #[arg(long)]
     json: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    save: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -288,6 +336,9 @@ struct ShardArgs {
     /// Print the merged report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also write the merged report as JSON to this file.
+    #[arg(long)]
+    save: Option<PathBuf>,
     /// The scenario and its arguments, after `--`.
     #[arg(last = true, required = true)]
     args: Vec<String>,
@@ -311,13 +362,39 @@ async fn main() {
 }
 
 /// Prints a report: JSON, the child's `@report` line, or for people.
-fn emit<R: Serialize + Display>(report: &R, json: bool, child: bool) -> anyhow::Result<()> {
-    if child {
+/// Where a report goes.
+struct Out {
+    /// Print it as JSON instead of the summary.
+    json: bool,
+    /// A shard child: the report goes to the parent.
+    child: bool,
+    /// Also write it, as JSON, to this file.
+    save: Option<PathBuf>,
+}
+
+impl Out {
+    fn plain(json: bool, save: Option<PathBuf>) -> Out {
+        Out {
+            json,
+            child: false,
+            save,
+        }
+    }
+}
+
+fn emit<R: Serialize + Display>(report: &R, out: &Out) -> anyhow::Result<()> {
+    if out.child {
         println!("{REPORT_PREFIX}{}", serde_json::to_string(report)?);
-    } else if json {
+        return Ok(());
+    }
+    if out.json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print!("{report}");
+    }
+    if let Some(path) = &out.save {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("--save {}", path.display()))?;
     }
     Ok(())
 }
@@ -336,26 +413,33 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 duration: a.duration,
             })
             .await?;
-            emit(&r, a.common.json, a.common.child)?;
+            emit(&r, &a.common.out())?;
         }
         Cmd::Hold(a) => {
             let r = hold::run(hold_opts(&a)).await?;
-            emit(&r, a.common.json, a.common.child)?;
+            emit(&r, &a.common.out())?;
         }
         Cmd::Fanout(a) => {
             let r = fanout::run(fanout_opts(&a)).await?;
-            emit(&r, a.common.json, a.common.child)?;
+            emit(&r, &a.common.out())?;
         }
         Cmd::Commands(a) => {
             let r = commands::run(commands_opts(&a)?).await?;
-            emit(&r, a.common.json, a.common.child)?;
+            emit(&r, &a.common.out())?;
+            if !r.verification_ok && !a.common.child {
+                return Ok(3);
+            }
+        }
+        Cmd::Cross(a) => {
+            let r = cross::run(cross_opts(&a)).await?;
+            emit(&r, &a.common.out())?;
             if !r.verification_ok && !a.common.child {
                 return Ok(3);
             }
         }
         Cmd::Storm(a) => {
             let r = storm::run(storm_opts(&a)?).await?;
-            emit(&r, a.common.json, a.common.child)?;
+            emit(&r, &a.common.out())?;
         }
         Cmd::DbBaseline(a) => {
             let r = db_baseline::run(db_baseline::Opts {
@@ -365,11 +449,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 keep: a.keep,
             })
             .await?;
-            emit(&r, a.json, false)?;
+            emit(&r, &Out::plain(a.json, None))?;
         }
         Cmd::DbCheck(a) => {
             let r = db_check::run(&a.database_url).await?;
-            emit(&r, a.json, false)?;
+            emit(&r, &Out::plain(a.json, None))?;
             if !r.ok {
                 return Ok(1);
             }
@@ -396,7 +480,7 @@ async fn run_tcp_floor(a: FloorArgs) -> anyhow::Result<()> {
         in_process: false,
     })
     .await?;
-    emit(&r, a.json, false)
+    emit(&r, &Out::plain(a.json, a.save.clone()))
 }
 
 fn hold_opts(a: &HoldArgs) -> hold::Opts {
@@ -421,6 +505,20 @@ fn fanout_opts(a: &FanoutArgs) -> fanout::Opts {
         update_timeout: a.update_timeout,
         duration: a.duration,
         connect_concurrency: a.connect_concurrency,
+        redis_pid: a.redis_pid,
+        link: child_link(&a.common),
+    }
+}
+
+fn cross_opts(a: &CrossArgs) -> cross::Opts {
+    cross::Opts {
+        setup: a.common.setup(),
+        users: a.users,
+        rate: a.rate,
+        duration: a.duration,
+        event_timeout: a.event_timeout,
+        connect_concurrency: a.connect_concurrency,
+        skip_setup: a.skip_setup,
         link: child_link(&a.common),
     }
 }
@@ -554,19 +652,25 @@ impl Shard {
 
 async fn run_shard(a: ShardArgs) -> anyhow::Result<i32> {
     let (sh, cmd) = Shard::parse(&a)?;
+    let out = Out::plain(a.json, a.save.clone());
     let _printing = sh.board.printer();
     let code = match cmd {
-        Cmd::Hold(h) => finish(&shard_hold(&sh, h).await?, a.json, 0)?,
-        Cmd::Fanout(f) => finish(&shard_fanout(&sh, f).await?, a.json, 0)?,
+        Cmd::Hold(h) => finish(&shard_hold(&sh, h).await?, &out, 0)?,
+        Cmd::Fanout(f) => finish(&shard_fanout(&sh, f).await?, &out, 0)?,
         Cmd::Commands(c) => {
             let r = shard_commands(&sh, c).await?;
             let code = if r.verification_ok { 0 } else { 3 };
-            finish(&r, a.json, code)?
+            finish(&r, &out, code)?
         }
-        Cmd::Storm(s) => finish(&shard_storm(&sh, s).await?, a.json, 0)?,
+        Cmd::Cross(c) => {
+            let r = shard_cross(&sh, c).await?;
+            let code = if r.verification_ok { 0 } else { 3 };
+            finish(&r, &out, code)?
+        }
+        Cmd::Storm(s) => finish(&shard_storm(&sh, s).await?, &out, 0)?,
         Cmd::Users(_) | Cmd::DbBaseline(_) | Cmd::DbCheck(_) | Cmd::TcpFloor(_) | Cmd::Shard(_) => {
             bail!(
-                "shard runs hold, fanout, commands or storm; users, db-baseline, db-check and tcp-floor need no sharding"
+                "shard runs hold, fanout, commands, cross or storm; users, db-baseline, db-check and tcp-floor need no sharding"
             )
         }
     };
@@ -574,8 +678,8 @@ async fn run_shard(a: ShardArgs) -> anyhow::Result<i32> {
 }
 
 /// Prints a merged report and passes the exit code on.
-fn finish<R: Serialize + Display>(report: &R, json: bool, code: i32) -> anyhow::Result<i32> {
-    emit(report, json, false)?;
+fn finish<R: Serialize + Display>(report: &R, out: &Out, code: i32) -> anyhow::Result<i32> {
+    emit(report, out)?;
     Ok(code)
 }
 
@@ -645,9 +749,12 @@ async fn shard_fanout(sh: &Shard, f: FanoutArgs) -> anyhow::Result<fanout::Repor
     let driven = fanout::drive(
         &api,
         &merchant,
-        product,
-        f.updates,
-        f.update_timeout,
+        fanout::Restocks {
+            product,
+            updates: f.updates,
+            update_timeout: f.update_timeout,
+            redis_pid: f.redis_pid,
+        },
         &mut drivers,
     )
     .await?;
@@ -710,6 +817,39 @@ async fn commands_children(
     reports(pending).await
 }
 
+/// `cross` in P children, each with its share of the users and of the
+/// rate; the parent does the merchant setup once and undoes it.
+async fn shard_cross(sh: &Shard, c: CrossArgs) -> anyhow::Result<cross::Report> {
+    let setup = c.common.setup();
+    let creds = users::ensure_all(&setup, c.users as u64, Duration::from_secs(300)).await?;
+    let prepared = cross::prepare(&setup, &creds, c.rate, c.duration).await?;
+    let shares = shard::split(c.users, sh.procs);
+    let result = async {
+        let (mut drivers, pending) = sh.spawn(
+            &c.common,
+            &shares,
+            |_, n, _| {
+                vec![
+                    ("users", n.to_string()),
+                    (
+                        "rate",
+                        (c.rate * n as f64 / c.users.max(1) as f64).to_string(),
+                    ),
+                ]
+            },
+            &["skip-setup"],
+        )?;
+        link::all_ready(&mut drivers, PHASE_WAIT).await?;
+        link::broadcast(&drivers, Control::Go);
+        reports::<cross::Report>(pending).await
+    }
+    .await;
+    let restored = commands::restore(&setup.api()?, &prepared).await;
+    let merged = cross::Report::merge(result?, prepared.notes.clone());
+    restored?;
+    Ok(merged)
+}
+
 /// `storm` in P children, all losing their sockets at the same moment.
 async fn shard_storm(sh: &Shard, s: StormArgs) -> anyhow::Result<storm::Report> {
     let shares = shard::split(s.sockets, sh.procs);
@@ -763,6 +903,7 @@ mod tests {
         let a = ShardArgs {
             procs: 2,
             json: false,
+            save: None,
             args: ["hold", "--server", "127.0.0.1:3001,127.0.0.1:3002"]
                 .into_iter()
                 .chain(["--server-pid", "11,12", "--sockets", "10"])

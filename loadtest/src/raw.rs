@@ -6,7 +6,15 @@
 //! Only what a server sends is understood: unfragmented, unmasked text,
 //! ping and close frames (pings are answered). Anything else ends that
 //! socket with a kind the report counts.
+//!
+//! A TLS socket (`wss://`, nginx in front) is read by the same thread: its
+//! handshake was done at connect time, and here its rustls
+//! `ClientConnection` takes what the kernel has (`read_tls` until it would
+//! block, `process_new_packets`), and the plaintext goes into the same
+//! buffer and the same parser; a pong is encrypted through it. So plain and
+//! TLS sockets cost this process the same, apart from the cryptography.
 
+use rustls::ClientConnection;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -85,10 +93,31 @@ pub enum Event<'a> {
     Ended(usize, String),
 }
 
+/// A socket handed to the reader, after its upgrade.
+pub struct Socket {
+    pub stream: TcpStream,
+    /// Bytes of the frame stream already read (after the `101`).
+    pub pending: Vec<u8>,
+    /// Through TLS: the connection, handshake done (it may hold more).
+    pub tls: Option<Box<ClientConnection>>,
+}
+
+impl Socket {
+    pub fn plain(stream: TcpStream) -> Socket {
+        Socket {
+            stream,
+            pending: Vec::new(),
+            tls: None,
+        }
+    }
+}
+
 struct Sock {
     stream: TcpStream,
+    /// Plaintext not yet parsed (the start of a frame).
     buf: Vec<u8>,
     open: bool,
+    tls: Option<Box<ClientConnection>>,
 }
 
 pub struct Reader {
@@ -98,8 +127,9 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Non-blocking streams, each with the bytes already read from it.
-    pub fn new(streams: Vec<(TcpStream, Vec<u8>)>) -> io::Result<Reader> {
+    /// Sockets, each with the bytes already read from it; made
+    /// non-blocking here.
+    pub fn new(sockets: Vec<Socket>) -> io::Result<Reader> {
         // SAFETY: plain syscalls on fds this process owns; `ev` outlives
         // each call.
         let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -108,10 +138,18 @@ impl Reader {
         }
         let mut reader = Reader {
             epoll,
-            socks: Vec::with_capacity(streams.len()),
+            socks: Vec::with_capacity(sockets.len()),
             scratch: vec![0; 64 * 1024],
         };
-        for (i, (stream, pending)) in streams.into_iter().enumerate() {
+        for (
+            i,
+            Socket {
+                stream,
+                pending,
+                tls,
+            },
+        ) in sockets.into_iter().enumerate()
+        {
             stream.set_nonblocking(true)?;
             let mut ev = libc::epoll_event {
                 events: libc::EPOLLIN as u32,
@@ -127,15 +165,21 @@ impl Reader {
                 stream,
                 buf: pending,
                 open: true,
+                tls,
             });
         }
         Ok(reader)
     }
 
-    /// Handles the bytes that arrived with the handshakes.
+    /// Handles the bytes that arrived with the handshakes (and what a TLS
+    /// connection had already decrypted).
     pub fn drain_pending(&mut self, on: &mut impl FnMut(Event)) {
         for i in 0..self.socks.len() {
-            self.consume(i, on);
+            if self.socks[i].tls.is_some() {
+                self.read_tls(i, on);
+            } else {
+                self.consume(i, on);
+            }
         }
     }
 
@@ -164,6 +208,10 @@ impl Reader {
             if !self.socks[i].open {
                 continue;
             }
+            if self.socks[i].tls.is_some() {
+                self.read_tls(i, on);
+                continue;
+            }
             let read = (&self.socks[i].stream).read(&mut self.scratch);
             match read {
                 Ok(0) => self.end(i, "eof".into(), on),
@@ -178,9 +226,64 @@ impl Reader {
         Ok(())
     }
 
+    /// TLS socket `i` is readable (or has data buffered): every record the
+    /// kernel has, decrypted into the buffer, then parsed.
+    fn read_tls(&mut self, i: usize, on: &mut impl FnMut(Event)) {
+        let Sock {
+            stream, buf, tls, ..
+        } = &mut self.socks[i];
+        let Some(conn) = tls.as_deref_mut() else {
+            return;
+        };
+        let mut eof = false;
+        let mut failed = None;
+        loop {
+            match conn.read_tls(&mut &*stream) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(_) => {
+                    if conn.process_new_packets().is_err() {
+                        failed = Some("tls");
+                        break;
+                    }
+                    if let Err(kind) = take_plaintext(conn, buf, &mut self.scratch) {
+                        failed = Some(kind);
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    failed = Some("read");
+                    break;
+                }
+            }
+        }
+        // Plaintext decrypted before we got the connection, or left over.
+        if failed.is_none()
+            && let Err(kind) = take_plaintext(conn, buf, &mut self.scratch)
+        {
+            failed = Some(kind);
+        }
+        // Whatever rustls wants to say (an alert, a key update).
+        flush_tls(conn, stream);
+        self.consume(i, on);
+        if let Some(kind) = failed {
+            self.end(i, kind.into(), on);
+        } else if eof && self.socks[i].open {
+            self.end(i, "eof".into(), on);
+        }
+    }
+
     /// Parses and handles every whole frame in socket `i`'s buffer.
     fn consume(&mut self, i: usize, on: &mut impl FnMut(Event)) {
-        let Sock { stream, buf, .. } = &mut self.socks[i];
+        if !self.socks[i].open {
+            return;
+        }
+        let Sock {
+            stream, buf, tls, ..
+        } = &mut self.socks[i];
         let mut at = 0;
         let mut ended = None;
         loop {
@@ -188,9 +291,15 @@ impl Reader {
                 Ok(Some((frame, len))) => {
                     match frame {
                         Frame::Text(t) => on(Event::Text(i, t)),
-                        Frame::Ping(p) => {
-                            let _ = (&*stream).write_all(&pong(p));
-                        }
+                        Frame::Ping(p) => match tls.as_deref_mut() {
+                            Some(conn) => {
+                                let _ = conn.writer().write_all(&pong(p));
+                                flush_tls(conn, stream);
+                            }
+                            None => {
+                                let _ = (&*stream).write_all(&pong(p));
+                            }
+                        },
                         Frame::Close(code) => {
                             ended = Some(code.map_or("close".into(), |c| format!("close_{c}")));
                         }
@@ -216,8 +325,12 @@ impl Reader {
 
     fn end(&mut self, i: usize, kind: String, on: &mut impl FnMut(Event)) {
         let s = &mut self.socks[i];
+        if !s.open {
+            return;
+        }
         s.open = false;
         s.buf = Vec::new();
+        s.tls = None;
         // SAFETY: our epoll and a registered fd.
         unsafe {
             libc::epoll_ctl(
@@ -228,6 +341,34 @@ impl Reader {
             )
         };
         on(Event::Ended(i, kind));
+    }
+}
+
+/// Moves what `conn` has decrypted into `buf`. `Err` when the peer ended
+/// the TLS session (a clean `close_notify` or an unclean EOF).
+fn take_plaintext(
+    conn: &mut ClientConnection,
+    buf: &mut Vec<u8>,
+    scratch: &mut [u8],
+) -> Result<(), &'static str> {
+    loop {
+        match conn.reader().read(scratch) {
+            Ok(0) => return Err("eof"),
+            Ok(k) => buf.extend_from_slice(&scratch[..k]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(_) => return Err("eof"),
+        }
+    }
+}
+
+/// Writes what `conn` has to send, as far as the socket takes it now (a
+/// pong or an alert is tiny; the rest, if any, goes with the next one).
+fn flush_tls(conn: &mut ClientConnection, stream: &TcpStream) {
+    while conn.wants_write() {
+        match conn.write_tls(&mut &*stream) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
     }
 }
 

@@ -488,14 +488,14 @@ pub async fn baseline(
 }
 
 /// Spaces commands to cap the total rate; no credit builds up while idle.
-struct Pacer {
+pub(crate) struct Pacer {
     start: Instant,
     interval_ns: u64,
     next_ns: AtomicU64,
 }
 
 impl Pacer {
-    fn new(rate: f64) -> Pacer {
+    pub(crate) fn new(rate: f64) -> Pacer {
         Pacer {
             start: Instant::now(),
             interval_ns: (1e9 / rate.max(0.001)) as u64,
@@ -504,7 +504,7 @@ impl Pacer {
     }
 
     /// The instant this caller may send at.
-    fn slot(&self) -> Instant {
+    pub(crate) fn slot(&self) -> Instant {
         let now = self.start.elapsed().as_nanos() as u64;
         let mut cur = self.next_ns.load(Ordering::Relaxed);
         loop {

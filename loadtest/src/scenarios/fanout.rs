@@ -7,7 +7,12 @@
 //! With several servers (`--server a,b`) the sockets are spread over them
 //! round-robin and the restocks go through the first: the other instances
 //! deliver what they hear from it (through Redis), and the report gives
-//! each instance's share of deliveries and delays.
+//! each instance's share of deliveries and delays. `--redis-pid` adds the
+//! CPU time Redis spent while the updates went out.
+//!
+//! An `https://` server (nginx in front) is read through TLS by the same
+//! `epoll` thread (see `crate::raw`); the connect phase's length and this
+//! process's memory per socket are reported so the two paths compare.
 //!
 //! Split in two so `shard` can run the sockets in several processes: the
 //! *listener* (sockets, this module's `run` with a link) and the *driver*
@@ -27,10 +32,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::{Setup, check_socket_budget, users};
-use crate::client::{Api, Connector, Method, RawWs, parse_time_us, spread, unix_us};
+use crate::client::{Api, Connector, Method, RawWs, parse_time_us, rss_kb, spread, unix_us};
+use crate::cpu::{CpuMeter, CpuUse};
 use crate::link::{self, Control, Driver, Link, Progress};
 use crate::progress::{Phase, Sink, Tally, Ticker};
-use crate::raw::{Event, Reader};
+use crate::raw::{Event, Reader, Socket};
 use crate::stats::{Counts, Hist, add_counts, bump, round3, share, show_counts};
 
 const LINK_WAIT: Duration = Duration::from_secs(3600);
@@ -47,6 +53,8 @@ pub struct Opts {
     /// Bound on logging in and connecting.
     pub duration: Duration,
     pub connect_concurrency: usize,
+    /// Redis's pid: its CPU time over the updates is reported.
+    pub redis_pid: Option<u32>,
     /// Set when this process only listens and someone else drives.
     pub link: Option<Link>,
 }
@@ -61,6 +69,7 @@ impl Opts {
             update_timeout: Duration::from_secs(10),
             duration: Duration::from_secs(300),
             connect_concurrency: 256,
+            redis_pid: None,
             link: None,
         }
     }
@@ -73,6 +82,11 @@ pub struct Report {
     pub sockets: usize,
     pub connected: usize,
     pub connect_errors: Counts,
+    /// The connect phase (login excluded), the longest of the processes.
+    pub connect_s: f64,
+    pub connects_per_s: f64,
+    /// This tool's RSS growth per connected socket (all processes).
+    pub client_bytes_per_socket: Option<f64>,
     /// Restocks that succeeded (R unless the server refused some).
     pub updates: usize,
     pub restock_errors: Counts,
@@ -95,6 +109,11 @@ pub struct Report {
     pub lost: Counts,
     /// Per server, in the order of `--server` (one entry per server).
     pub by_server: Vec<ServerDelivery>,
+    /// Redis's CPU from the first restock until the last update arrived.
+    pub redis_cpu: Option<CpuUse>,
+    /// This process's RSS growth, summed over processes (for merging).
+    #[serde(default)]
+    pub client_rss_growth_kb: u64,
 }
 
 /// What the sockets on one server instance received.
@@ -143,9 +162,21 @@ impl fmt::Display for Report {
             self.share_all * 100.0,
             self.update_timeouts
         )?;
+        writeln!(
+            f,
+            "  connect: {:.2} s ({:.0}/s){}",
+            self.connect_s,
+            self.connects_per_s,
+            self.client_bytes_per_socket
+                .map(|b| format!("; this tool {b:.0} bytes/socket"))
+                .unwrap_or_default()
+        )?;
         writeln!(f, "  delay after commit:  {}", self.delay_commit)?;
         writeln!(f, "  delay after request: {}", self.delay_request)?;
         writeln!(f, "  request → all sockets: {}", self.update_complete)?;
+        if let Some(c) = &self.redis_cpu {
+            writeln!(f, "  redis during the updates: {c}")?;
+        }
         if !self.connect_errors.is_empty() {
             writeln!(f, "  connect errors: {}", show_counts(&self.connect_errors))?;
         }
@@ -187,6 +218,7 @@ pub struct Driven {
     pub restock_errors: Counts,
     pub update_timeouts: usize,
     pub update_complete: Hist,
+    pub redis_cpu: Option<CpuUse>,
 }
 
 impl Report {
@@ -198,12 +230,15 @@ impl Report {
             restock_errors: driven.restock_errors,
             update_timeouts: driven.update_timeouts,
             update_complete: driven.update_complete,
+            redis_cpu: driven.redis_cpu,
             ..Report::default()
         };
         for p in &parts {
             m.product_id = p.product_id;
             m.sockets += p.sockets;
             m.connected += p.connected;
+            m.connect_s = m.connect_s.max(p.connect_s);
+            m.client_rss_growth_kb += p.client_rss_growth_kb;
             add_counts(&mut m.connect_errors, &p.connect_errors);
             m.delivered += p.delivered;
             m.sockets_all += p.sockets_all;
@@ -221,6 +256,9 @@ impl Report {
         }
         m.expected = m.connected as u64 * m.updates as u64;
         m.share_all = share(m.sockets_all as u64, m.connected as u64);
+        m.connects_per_s = round3(m.connected as f64 / m.connect_s.max(1e-3));
+        m.client_bytes_per_socket = (m.connected > 0)
+            .then(|| round3(m.client_rss_growth_kb as f64 * 1024.0 / m.connected as f64));
         m
     }
 }
@@ -260,12 +298,33 @@ pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {
     let (link, driver) = link::pair();
     opts.link = Some(link);
     opts.product = Some(product);
-    let (updates, timeout) = (opts.updates, opts.update_timeout);
+    let (updates, timeout, redis_pid) = (opts.updates, opts.update_timeout, opts.redis_pid);
     let listener = tokio::spawn(listen(opts));
     let mut drivers = vec![driver];
-    let driven = drive(&api, &merchant, product, updates, timeout, &mut drivers).await;
+    let driven = drive(
+        &api,
+        &merchant,
+        Restocks {
+            product,
+            updates,
+            update_timeout: timeout,
+            redis_pid,
+        },
+        &mut drivers,
+    )
+    .await;
     let part = listener.await??;
     Ok(Report::merge(vec![part], driven?))
+}
+
+/// What the driver does: R restocks of one product.
+pub struct Restocks {
+    pub product: u64,
+    pub updates: usize,
+    /// How long one update may take to reach every socket.
+    pub update_timeout: Duration,
+    /// Redis's pid, for its CPU time over the updates.
+    pub redis_pid: Option<u32>,
 }
 
 /// The R restocks, one at a time, each waiting until every listener has
@@ -273,12 +332,10 @@ pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {
 pub async fn drive(
     api: &Api,
     merchant: &str,
-    product: u64,
-    updates: usize,
-    update_timeout: Duration,
+    restocks: Restocks,
     drivers: &mut [Driver],
 ) -> anyhow::Result<Driven> {
-    let result = drive_inner(api, merchant, product, updates, update_timeout, drivers).await;
+    let result = drive_inner(api, merchant, &restocks, drivers).await;
     link::broadcast(drivers, Control::Stop);
     result
 }
@@ -286,15 +343,20 @@ pub async fn drive(
 async fn drive_inner(
     api: &Api,
     merchant: &str,
-    product: u64,
-    updates: usize,
-    update_timeout: Duration,
+    r: &Restocks,
     drivers: &mut [Driver],
 ) -> anyhow::Result<Driven> {
+    let (product, update_timeout) = (r.product, r.update_timeout);
     link::all_ready(drivers, LINK_WAIT).await?;
     let mut d = Driven::default();
     let path = format!("/api/merchant/products/{product}/stock");
-    for _ in 0..updates {
+    let redis = match r.redis_pid {
+        Some(pid) => Some(
+            CpuMeter::start(pid).with_context(|| format!("--redis-pid {pid}: no such process"))?,
+        ),
+        None => None,
+    };
+    for _ in 0..r.updates {
         let at_us = unix_us();
         let t0 = Instant::now();
         let reply = api
@@ -346,6 +408,7 @@ async fn drive_inner(
             d.update_timeouts += 1;
         }
     }
+    d.redis_cpu = redis.and_then(|m| m.stop());
     Ok(d)
 }
 
@@ -381,11 +444,17 @@ async fn listen(mut opts: Opts) -> anyhow::Result<Report> {
         sockets: n,
         ..Report::default()
     };
-    let (streams, servers) =
-        connect_all(&opts, Sink::of("fanout", Some(&link)), &mut report).await?;
+    let Connected {
+        streams,
+        servers,
+        started,
+        rss_before,
+    } = connect_all(&opts, Sink::of("fanout", Some(&link)), &mut report).await?;
+    report.connect_s = round3(started.elapsed().as_secs_f64());
     let connected = streams.len();
+    report.connects_per_s = round3(connected as f64 / report.connect_s.max(1e-3));
     let server_of: Vec<usize> = streams.iter().map(|s| s.0).collect();
-    let streams: Vec<_> = streams.into_iter().map(|(_, s, p)| (s, p)).collect();
+    let streams: Vec<Socket> = streams.into_iter().map(|(_, s)| s).collect();
 
     // Every socket is read by one thread on a bare epoll (see `crate::raw`):
     // the load generator then takes as little of the shared cores as it can.
@@ -420,6 +489,11 @@ async fn listen(mut opts: Opts) -> anyhow::Result<Report> {
                 }
             }
         }
+    }
+    if let (Some(before), Some(now)) = (rss_before, rss_kb(std::process::id())) {
+        report.client_rss_growth_kb = now.saturating_sub(before);
+        report.client_bytes_per_socket = (connected > 0)
+            .then(|| round3(report.client_rss_growth_kb as f64 * 1024.0 / connected as f64));
     }
     stop.store(true, Ordering::Release);
     let per_socket = reading.await??;
@@ -482,21 +556,28 @@ impl Report {
     }
 }
 
-/// A connected socket: its server, the stream and the bytes read with
-/// the upgrade.
-type Stream = (usize, std::net::TcpStream, Vec<u8>);
+/// A connected socket and its server.
+type Stream = (usize, Socket);
+
+/// The connect phase's outcome.
+struct Connected {
+    streams: Vec<Stream>,
+    /// The servers' names, in the order of `--server`.
+    servers: Vec<String>,
+    /// When the first socket was opened (after the logins).
+    started: Instant,
+    /// This process's RSS then, KiB.
+    rss_before: Option<u64>,
+}
 
 /// Logs in and opens every socket (round-robin over the servers),
-/// counting failures into `report`; returns the sockets and the servers'
-/// names.
-async fn connect_all(
-    opts: &Opts,
-    sink: Sink,
-    report: &mut Report,
-) -> anyhow::Result<(Vec<Stream>, Vec<String>)> {
+/// counting failures into `report`.
+async fn connect_all(opts: &Opts, sink: Sink, report: &mut Report) -> anyhow::Result<Connected> {
     let n = opts.sockets;
     let deadline = Instant::now() + opts.duration;
     let creds = users::ensure_all(&opts.setup, n as u64, opts.duration).await?;
+    let rss_before = rss_kb(std::process::id());
+    let started = Instant::now();
     let connector = Arc::new(opts.setup.connector()?);
     let sem = Arc::new(Semaphore::new(opts.connect_concurrency.max(1)));
     let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
@@ -530,12 +611,17 @@ async fn connect_all(
     let mut streams = Vec::with_capacity(n);
     for (server, r) in spread(futs, crate::client::driver_tasks(n)).await? {
         match r {
-            Ok(raw) => streams.push((server, raw.stream.into_std()?, raw.pending)),
+            Ok(raw) => streams.push((server, raw.into_raw()?)),
             Err(kind) => bump(&mut report.connect_errors, kind),
         }
     }
     drop(ticker);
-    Ok((streams, opts.setup.server_names()))
+    Ok(Connected {
+        streams,
+        servers: opts.setup.server_names(),
+        started,
+        rss_before,
+    })
 }
 
 /// One socket's upgrade, bounded by the connect phase's deadline.
@@ -563,7 +649,7 @@ async fn connect(
 /// The reading thread: samples of every socket, and why it ended early (if
 /// it did). Says on `seen_tx` when all `target` sockets have a stock value.
 fn read_all(
-    streams: Vec<(std::net::TcpStream, Vec<u8>)>,
+    streams: Vec<Socket>,
     product: u64,
     target: usize,
     stop: &AtomicBool,

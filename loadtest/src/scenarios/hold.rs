@@ -153,6 +153,13 @@ pub struct Report {
     pub instances: Vec<Instance>,
     /// This tool's own RSS after the hold (summed over processes).
     pub client_rss_kb: Option<u64>,
+    /// This tool's RSS growth from before connecting to after the hold
+    /// (summed over processes), and per connected socket: what a client
+    /// socket costs here (through TLS: the rustls connection too).
+    #[serde(default)]
+    pub client_rss_growth_kb: u64,
+    #[serde(default)]
+    pub client_bytes_per_socket: Option<f64>,
 }
 
 impl fmt::Display for Report {
@@ -193,7 +200,13 @@ impl fmt::Display for Report {
         )?;
         self.fmt_rss(f)?;
         if let Some(c) = self.client_rss_kb {
-            writeln!(f, "  client RSS {c} KiB")?;
+            writeln!(
+                f,
+                "  client RSS {c} KiB{}",
+                self.client_bytes_per_socket
+                    .map(|b| format!(" ({b:.0} bytes/socket)"))
+                    .unwrap_or_default()
+            )?;
         }
         Ok(())
     }
@@ -294,11 +307,18 @@ impl Report {
             if let Some(c) = p.client_rss_kb {
                 m.client_rss_kb = Some(m.client_rss_kb.unwrap_or(0) + c);
             }
+            m.client_rss_growth_kb += p.client_rss_growth_kb;
         }
         m.connects_per_s = round3(m.connected as f64 / m.connect_s.max(1e-3));
+        m.client_bytes_per_socket = client_bytes(m.client_rss_growth_kb, m.connected);
         m.set_rss(servers, readings);
         m
     }
+}
+
+/// RSS growth per socket, in bytes.
+fn client_bytes(growth_kb: u64, sockets: usize) -> Option<f64> {
+    (sockets > 0).then(|| round3(growth_kb as f64 * 1024.0 / sockets as f64))
 }
 
 /// Adds `from` into `into` element by element, growing `into` as needed.
@@ -366,6 +386,7 @@ pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {
     let connector = Arc::new(opts.setup.connector()?);
     let sink = Sink::of("hold", opts.link.as_ref());
     let rss_before = servers.rss();
+    let client_before = rss_kb(std::process::id());
 
     let shared = Arc::new(Shared::default());
     let (phase_tx, phase_rx) = watch::channel(false);
@@ -422,8 +443,13 @@ pub async fn run(mut opts: Opts) -> anyhow::Result<Report> {
         heartbeat_interval_ms: shared.heartbeat_ms.load(Ordering::Relaxed),
         held_s: round3(held_s),
         client_rss_kb,
+        client_rss_growth_kb: match (client_before, client_rss_kb) {
+            (Some(b), Some(a)) => a.saturating_sub(b),
+            _ => 0,
+        },
         ..Report::default()
     };
+    report.client_bytes_per_socket = client_bytes(report.client_rss_growth_kb, connected);
     report.add_runs(runs);
     report.set_rss(&servers, [rss_before, rss_connected, rss_after]);
     Ok(report)

@@ -4,6 +4,7 @@
 //! given, every phase has a deadline, every network wait a timeout.
 
 pub mod commands;
+pub mod cross;
 pub mod db_baseline;
 pub mod db_check;
 pub mod fanout;
@@ -13,6 +14,7 @@ pub mod tcp_floor;
 pub mod users;
 
 use crate::client::{Api, Connector, Sources, Target};
+use crate::tls::Tls;
 use std::path::PathBuf;
 
 /// What every socket scenario needs to find the server and its users.
@@ -37,6 +39,8 @@ pub struct Setup {
     pub login_concurrency: usize,
     /// Loopback source addresses for client sockets.
     pub sources: Sources,
+    /// PEM certificates to trust for `https://` servers (see [`crate::tls`]).
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for Setup {
@@ -49,6 +53,7 @@ impl Default for Setup {
             write_tokens: true,
             login_concurrency: 64,
             sources: Sources::default(),
+            ca: None,
         }
     }
 }
@@ -74,18 +79,30 @@ impl Setup {
         Ok(self.targets()?.swap_remove(0))
     }
 
+    /// The TLS client configuration, when `ca` is given.
+    pub fn tls(&self) -> anyhow::Result<Option<Tls>> {
+        self.ca
+            .as_deref()
+            .map(crate::tls::client_config)
+            .transpose()
+    }
+
     /// The REST door of the first server.
     pub fn api(&self) -> anyhow::Result<Api> {
-        Api::new(&self.target()?)
+        Api::new(&self.target()?, self.tls()?.as_ref())
     }
 
     /// A REST door per server, in order.
     pub fn apis(&self) -> anyhow::Result<Vec<Api>> {
-        self.targets()?.iter().map(Api::new).collect()
+        let tls = self.tls()?;
+        self.targets()?
+            .iter()
+            .map(|t| Api::new(t, tls.as_ref()))
+            .collect()
     }
 
     pub fn connector(&self) -> anyhow::Result<Connector> {
-        Connector::new(&self.targets()?, self.sources)
+        Connector::new(&self.targets()?, self.sources, self.tls()?.as_ref())
     }
 }
 

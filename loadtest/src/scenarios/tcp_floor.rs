@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 
 use super::check_socket_budget;
 use crate::client::{Sources, connect_tcp};
-use crate::raw::{Event, Reader};
+use crate::raw::{Event, Reader, Socket};
 use crate::stats::Hist;
 
 /// About the size of a `stock_update` frame on the wire.
@@ -121,7 +121,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<Report> {
             ..Report::default()
         };
         let n = clients.len();
-        let mut reader = Reader::new(clients.into_iter().map(|c| (c, Vec::new())).collect())?;
+        let mut reader = Reader::new(clients.into_iter().map(Socket::plain).collect())?;
         for _ in 0..updates {
             let t0 = Instant::now();
             writeln!(to_child, "go")?;
