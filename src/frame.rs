@@ -7,7 +7,7 @@
 //! no reserved bits, control frames short and whole, continuations only
 //! inside a fragmented message — and the server's limits: a message over
 //! `max_message` is refused (1009), a text message that is not UTF-8 too
-//! (1007). Everything else wrong is a protocol error (1002).
+//! (1007). Everything else wrong is a protocol violation (4005).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -74,7 +74,7 @@ pub enum Incoming {
 /// Why the connection must close, as its close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Violation {
-    /// 1002: not a valid client frame.
+    /// 4005: not a valid client frame.
     Protocol,
     /// 1007: a text message that is not UTF-8.
     NotUtf8,
@@ -85,7 +85,7 @@ pub enum Violation {
 impl Violation {
     pub fn code(self) -> u16 {
         match self {
-            Violation::Protocol => protocol::close::PROTOCOL_ERROR,
+            Violation::Protocol => protocol::close::PROTOCOL_VIOLATION,
             Violation::NotUtf8 => protocol::close::INVALID_UTF8,
             Violation::TooBig => protocol::close::TOO_BIG,
         }

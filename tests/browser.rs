@@ -840,7 +840,16 @@ async fn receipt_review(run: Arc<Run>) {
             .await;
     console.assert_not_reloaded().await;
     // Built from the event itself: the queue was not fetched again (only
-    // the badge's one-row count was, which shows the spy works).
+    // the badge's one-row count was, which shows the spy works; it may
+    // still be on its way).
+    console
+        .wait_js(
+            "the badge's count to be fetched",
+            "return window.__rpFetches.some(u => u.startsWith('/api/merchant/reviews') && u.endsWith('page_size=1'));",
+            vec![],
+            |v| (v.as_bool() == Some(true)).then_some(()),
+        )
+        .await;
     let seen = console
         .js(
             "const r = window.__rpFetches.filter(u => u.startsWith('/api/merchant/reviews')); \

@@ -549,6 +549,37 @@ async fn a_frame_over_the_size_limit_closes_that_socket_with_1009_and_spares_the
 }
 
 #[tokio::test]
+async fn an_unmasked_client_frame_closes_that_socket_with_4005_and_spares_the_others() {
+    let server = TestServer::start().await;
+    let bad_user = server.login_new().await;
+    let other_user = server.login_new().await;
+    let mut other = server.connect(&other_user).await;
+
+    let (mut stream, mut received) = raw_upgrade(&server, &bad_user.access_token).await;
+    // A text frame without the mask every client frame must carry.
+    let command = br#"{"id":"bare","type":"ping","data":{}}"#;
+    let mut frame = vec![0x81, command.len() as u8];
+    frame.extend_from_slice(command);
+    stream.write_all(&frame).await.unwrap();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut received))
+        .await
+        .expect("the server hangs up on a broken frame")
+        .expect("the connection ends cleanly");
+
+    let frames = parse_frames(&received);
+    let (last_opcode, payload) = frames.last().expect("frames before the hang-up");
+    assert_eq!(*last_opcode, 0x8, "the last frame is a close: {frames:?}");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 4005);
+    assert!(
+        !frames
+            .iter()
+            .any(|(op, p)| *op == 0x1 && String::from_utf8_lossy(p).contains("\"bare\"")),
+        "the unmasked command is not answered: {frames:?}"
+    );
+    assert_answers_ping(&mut other, "unaffected").await;
+}
+
+#[tokio::test]
 async fn a_flood_of_commands_is_refused_with_2002_and_then_closed_with_4003() {
     let server = TestServer::start_with(|c| {
         c.ws_commands_per_sec = 1;

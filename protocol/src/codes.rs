@@ -197,9 +197,6 @@ pub const OK: i32 = 0;
 pub mod close {
     /// The server is shutting down; reconnect with backoff.
     pub const GOING_AWAY: u16 = 1001;
-    /// A frame that breaks RFC 6455 (unmasked, reserved bits set, a
-    /// fragmented or oversized control frame, a stray continuation).
-    pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame that is not UTF-8.
     pub const INVALID_UTF8: u16 = 1007;
     /// A frame or message over the size limit.
@@ -214,7 +211,9 @@ pub mod close {
     pub const RATE_LIMITED: u16 = 4003;
     /// The client did not read its events fast enough.
     pub const TOO_SLOW: u16 = 4004;
-    /// The client broke the protocol in a way that cannot be answered.
+    /// The client broke the protocol in a way that cannot be answered: a
+    /// frame that breaks RFC 6455 (unmasked, reserved bits or opcodes set, a
+    /// fragmented or oversized control frame, a stray continuation).
     pub const PROTOCOL_VIOLATION: u16 = 4005;
 }
 

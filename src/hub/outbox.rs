@@ -112,7 +112,12 @@ impl Outbox {
         if q.is_empty()
             && let Some(socket) = self.socket.get()
         {
-            match socket.try_write(wire) {
+            // A plain non-blocking send on the socket's descriptor: tokio's
+            // `try_write` would first read the runtime's readiness record
+            // of the socket, a cache miss per socket per broadcast. When
+            // the kernel would block, the task's own writes (through tokio)
+            // learn it again and wait for the socket.
+            match socket2::SockRef::from(socket).send(wire) {
                 Ok(n) if n == wire.len() => return true,
                 Ok(n) => {
                     q.push_back(Outgoing::Rest(wire.slice(n..)));

@@ -396,7 +396,7 @@ impl Session {
         // After a violation the reader's state means nothing: just drain.
         let violated = matches!(
             code,
-            close::PROTOCOL_ERROR | close::INVALID_UTF8 | close::TOO_BIG
+            close::PROTOCOL_VIOLATION | close::INVALID_UTF8 | close::TOO_BIG
         );
         let reader = &mut self.reader;
         let _ = timeout(CLOSE_TIMEOUT, async move {
@@ -529,8 +529,7 @@ fn close_reason(code: u16) -> &'static str {
         close::REPLACED => "replaced by a newer connection",
         close::RATE_LIMITED => "rate limited",
         close::TOO_SLOW => "too slow to read events",
-        close::PROTOCOL_VIOLATION => "protocol violation",
-        close::PROTOCOL_ERROR => "not a valid websocket frame",
+        close::PROTOCOL_VIOLATION => "not a valid websocket frame",
         close::INVALID_UTF8 => "text frame is not UTF-8",
         close::TOO_BIG => "frame too large",
         close::GOING_AWAY => "server shutting down",

@@ -19,10 +19,9 @@
 //! ([`drive`]: the restocks, run once by whoever owns the link).
 
 use anyhow::Context;
-use protocol::{Product, event};
+use protocol::Product;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
@@ -412,26 +411,58 @@ async fn drive_inner(
     Ok(d)
 }
 
-/// The parts of a server frame the listener measures; every other field
-/// is skipped unparsed.
-#[derive(Deserialize)]
-struct StockFrame<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(default, borrow)]
-    data: StockData<'a>,
+/// What the listener takes from a frame while the updates fly: found by
+/// scanning the bytes as the server writes them
+/// (`{"type":"stock_update","data":{"product_id":…,"stock":…,…,"timestamp":"…"}}`),
+/// not by parsing the JSON, so that reading a message costs this process
+/// about what `tcp-floor`'s reader pays for one. The timestamp is parsed
+/// after the run. (Quotes inside a JSON string are escaped, so a product
+/// name cannot fake a key.)
+fn scan(text: &[u8]) -> Option<(u64, i64, Stamp)> {
+    if !text.starts_with(br#"{"type":"stock_update""#) {
+        return None;
+    }
+    let product_id = number_after(text, br#""product_id":"#)?;
+    let stock = number_after(text, br#""stock":"#)?;
+    let at = memchr::memmem::find(text, br#""timestamp":""#)? + 13;
+    let len = memchr::memchr(b'"', &text[at..])?;
+    let mut stamp = Stamp::default();
+    let n = len.min(stamp.bytes.len());
+    stamp.bytes[..n].copy_from_slice(&text[at..at + n]);
+    stamp.len = n as u8;
+    Some((product_id as u64, stock, stamp))
 }
 
-#[derive(Deserialize, Default)]
-struct StockData<'a> {
-    product_id: Option<u64>,
-    stock: Option<i64>,
-    #[serde(borrow)]
-    timestamp: Option<Cow<'a, str>>,
+/// The digits (with an optional minus) right after `key`.
+fn number_after(text: &[u8], key: &[u8]) -> Option<i64> {
+    let mut at = memchr::memmem::find(text, key)? + key.len();
+    let negative = text.get(at) == Some(&b'-');
+    at += usize::from(negative);
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let n: i64 = std::str::from_utf8(&text[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(if negative { -n } else { n })
 }
 
-/// One received `stock_update`: (stock, server timestamp µs, receive µs).
-type Sample = (i64, i64, i64);
+/// A timestamp's bytes, kept unparsed until the run is over.
+#[derive(Clone, Copy, Default)]
+struct Stamp {
+    bytes: [u8; 32],
+    len: u8,
+}
+
+impl Stamp {
+    fn micros(&self) -> Option<i64> {
+        std::str::from_utf8(&self.bytes[..self.len as usize])
+            .ok()
+            .and_then(parse_time_us)
+    }
+}
+
+/// One received `stock_update`: (stock, server timestamp, receive µs).
+type Sample = (i64, Stamp, i64);
 
 async fn listen(mut opts: Opts) -> anyhow::Result<Report> {
     let n = opts.sockets;
@@ -460,9 +491,12 @@ async fn listen(mut opts: Opts) -> anyhow::Result<Report> {
     // the load generator then takes as little of the shared cores as it can.
     let stop = Arc::new(AtomicBool::new(false));
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<i64>();
+    let updates = opts.updates;
     let reading = {
         let stop = stop.clone();
-        tokio::task::spawn_blocking(move || read_all(streams, product, connected, &stop, &seen_tx))
+        tokio::task::spawn_blocking(move || {
+            read_all(streams, product, connected, updates, &stop, &seen_tx)
+        })
     };
 
     // Listen until the driver stops us; pass "everyone saw it" upstream,
@@ -528,10 +562,11 @@ impl Report {
         }
         let mut mine = ServerDelivery::default();
         let mut got = HashSet::new();
-        for (stock, ts_us, recv_us) in samples {
+        for (stock, stamp, recv_us) in samples {
             let Some(at_us) = sent.get(&stock) else {
                 continue;
             };
+            let ts_us = stamp.micros().unwrap_or(recv_us);
             if !got.insert(stock) {
                 continue;
             }
@@ -652,32 +687,26 @@ fn read_all(
     streams: Vec<Socket>,
     product: u64,
     target: usize,
+    updates: usize,
     stop: &AtomicBool,
     seen_tx: &mpsc::UnboundedSender<i64>,
 ) -> anyhow::Result<Vec<(Vec<Sample>, Option<String>)>> {
     let n = streams.len();
     let mut reader = Reader::new(streams).context("registering the sockets")?;
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); n];
+    // Room for every update up front: no allocation while they fly.
+    let mut samples: Vec<Vec<Sample>> = (0..n).map(|_| Vec::with_capacity(updates)).collect();
     let mut lost: Vec<Option<String>> = vec![None; n];
     let mut seen: HashMap<i64, usize> = HashMap::new();
     let mut on = |ev: Event| match ev {
         Event::Text(i, text) => {
             let recv_us = unix_us();
-            // Only the fields measured, borrowed from the frame.
-            let Ok(f) = serde_json::from_slice::<StockFrame>(text) else {
+            let Some((id, stock, stamp)) = scan(text) else {
                 return;
             };
-            if f.kind != event::STOCK_UPDATE || f.data.product_id != Some(product) {
+            if id != product {
                 return;
             }
-            let Some(stock) = f.data.stock else { return };
-            let ts_us = f
-                .data
-                .timestamp
-                .as_deref()
-                .and_then(parse_time_us)
-                .unwrap_or(recv_us);
-            samples[i].push((stock, ts_us, recv_us));
+            samples[i].push((stock, stamp, recv_us));
             let count = seen.entry(stock).or_default();
             *count += 1;
             if *count == target {
@@ -691,4 +720,30 @@ fn read_all(
         reader.poll(50, &mut on)?;
     }
     Ok(samples.into_iter().zip(lost).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{ProductId, StockOperation, StockUpdate};
+
+    #[test]
+    fn the_scan_reads_a_servers_stock_update() {
+        let frame = serde_json::to_string(&protocol::EventFrame {
+            kind: protocol::event::STOCK_UPDATE,
+            seq: None,
+            data: &StockUpdate {
+                product_id: ProductId(42),
+                stock: -3,
+                product_name: r#"假的 "stock":99 名字"#.into(),
+                operation: StockOperation::Restock,
+                timestamp: "2026-12-02T16:09:34.123Z".into(),
+            },
+        })
+        .unwrap();
+        let (id, stock, stamp) = scan(frame.as_bytes()).expect("a stock_update");
+        assert_eq!((id, stock), (42, -3));
+        assert_eq!(stamp.micros(), parse_time_us("2026-12-02T16:09:34.123Z"));
+        assert!(scan(br#"{"type":"points_update","data":{"stock":1}}"#).is_none());
+    }
 }
