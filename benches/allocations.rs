@@ -1,5 +1,5 @@
 //! Heap allocations of one hub broadcast: a `stock_update` serialized once
-//! and written to N loopback sockets (set up as `broadcast` in
+//! and written to N loopback sockets (`support`, shared with
 //! `hot_paths.rs`), counted by a global allocator on every thread — the
 //! hub's broadcasting threads included — from before the serialization
 //! until `broadcast_all` returns (every socket took the frame or refused
@@ -14,15 +14,15 @@
 //! prints where the allocations of one broadcast to the most sockets come
 //! from (the first `TRACED` of them).
 
-use protocol::{ProductId, StockOperation, StockUpdate};
-use restaurant_points::bench::{Hub, SessionId, UserId};
+mod support;
+
+use restaurant_points::bench::Hub;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::backtrace::Backtrace;
 use std::cell::Cell;
-use std::io::Read;
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use support::{broadcast, drain};
 
 /// Socket counts measured; the first is the baseline.
 const SOCKETS: [u64; 4] = [1, 100, 1_000, 2_000];
@@ -91,69 +91,29 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Empties the clients' buffers so every write is taken whole.
-fn drain(clients: &mut [TcpStream]) {
-    let mut buf = [0u8; 4096];
-    for c in clients {
-        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
-    }
-}
-
-/// One broadcast: serialize, hand to every socket; returns how many took it.
-fn broadcast(hub: &Hub, update: &StockUpdate) -> usize {
-    let frame = serde_json::to_string(&protocol::EventFrame {
-        kind: "stock_update",
-        seq: None,
-        data: update,
-    })
-    .unwrap();
-    hub.broadcast_all(&frame)
-}
-
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     let hub = Arc::new(Hub::new(5, 64));
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let update = StockUpdate {
-        product_id: ProductId(7),
-        stock: 41,
-        product_name: "招牌奶茶".into(),
-        operation: StockOperation::Purchase,
-        timestamp: "2026-11-21T13:51:00.123Z".into(),
-    };
+    let update = support::stock_update();
     let trace = std::env::var_os("ALLOC_BACKTRACES").is_some();
-    let mut sockets = Vec::new();
-    let mut clients = Vec::new();
+    let mut pairs = Vec::new();
     // (sockets, allocations per broadcast, bytes per broadcast)
     let mut rows: Vec<(u64, f64, f64)> = Vec::new();
     for n in SOCKETS {
         if trace && n != SOCKETS[SOCKETS.len() - 1] {
             continue;
         }
-        rt.block_on(async {
-            for u in sockets.len() as u64..n {
-                let client = TcpStream::connect(addr).unwrap();
-                client.set_nonblocking(true).unwrap();
-                let (server, _) = listener.accept().await.unwrap();
-                let reg = hub.register(UserId(u), SessionId(u), false);
-                reg.conn.outbox.install(server);
-                sockets.push(reg);
-                clients.push(client);
-            }
-        });
+        let more = rt.block_on(support::connect(&hub, &listener, pairs.len() as u64..n));
+        pairs.extend(more);
         for _ in 0..WARMUP {
-            drain(&mut clients);
+            drain(pairs.iter_mut().map(|(_, c)| c));
             assert_eq!(broadcast(&hub, &update), n as usize);
         }
         if trace {
-            drain(&mut clients);
+            drain(pairs.iter_mut().map(|(_, c)| c));
             TRACE.store(TRACED, Relaxed);
             COUNTING.store(true, Relaxed);
             broadcast(&hub, &update);
@@ -163,7 +123,7 @@ fn main() {
         }
         let (allocs, bytes) = (ALLOCS.load(Relaxed), BYTES.load(Relaxed));
         for _ in 0..ROUNDS {
-            drain(&mut clients);
+            drain(pairs.iter_mut().map(|(_, c)| c));
             COUNTING.store(true, Relaxed);
             let taken = broadcast(&hub, &update);
             COUNTING.store(false, Relaxed);
@@ -176,7 +136,7 @@ fn main() {
             per(BYTES.load(Relaxed), bytes),
         ));
     }
-    drop(sockets);
+    drop(pairs);
 
     let (base_n, base_allocs, _) = rows[0];
     println!(

@@ -1,14 +1,15 @@
 //! The hot in-process paths: frame encode/decode, the prize pick, and a hub
 //! broadcast to 2 000 loopback sockets. Figures and how to run them: BENCHMARKS.md.
 
+mod support;
+
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use protocol::{IncomingFrame, PointsUpdate, StockUpdate};
-use protocol::{ProductId, Source, StockOperation};
+use protocol::Source;
+use protocol::{IncomingFrame, PointsUpdate};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use restaurant_points::bench::{Hub, SessionId, UserId, demo_wheel};
+use restaurant_points::bench::{Hub, UserId, demo_wheel};
 use std::hint::black_box;
-use std::io::Read;
 use std::sync::Arc;
 
 fn frames(c: &mut Criterion) {
@@ -56,57 +57,21 @@ fn prize_pick(c: &mut Criterion) {
 const SOCKETS: u64 = 2_000;
 
 fn broadcast(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     let hub = Arc::new(Hub::new(5, 64));
-    let (sockets, mut clients) = rt.block_on(async {
+    let mut pairs = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut sockets = Vec::new();
-        let mut clients = Vec::new();
-        for u in 0..SOCKETS {
-            let client = std::net::TcpStream::connect(addr).unwrap();
-            client.set_nonblocking(true).unwrap();
-            let (server, _) = listener.accept().await.unwrap();
-            let reg = hub.register(UserId(u), SessionId(u), false);
-            reg.conn.outbox.install(server);
-            sockets.push(reg);
-            clients.push(client);
-        }
-        (sockets, clients)
+        support::connect(&hub, &listener, 0..SOCKETS).await
     });
-    let update = StockUpdate {
-        product_id: ProductId(7),
-        stock: 41,
-        product_name: "招牌奶茶".into(),
-        operation: StockOperation::Purchase,
-        timestamp: "2026-11-21T13:51:00.123Z".into(),
-    };
+    let update = support::stock_update();
     c.bench_function("serialize once and write to 2 000 loopback sockets", |b| {
         b.iter_batched(
-            || {
-                // Empty the clients' buffers so every write is taken whole.
-                let mut buf = [0u8; 4096];
-                for c in &mut clients {
-                    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
-                }
-            },
-            |()| {
-                let frame = serde_json::to_string(&protocol::EventFrame {
-                    kind: "stock_update",
-                    seq: None,
-                    data: &update,
-                })
-                .unwrap();
-                black_box(hub.broadcast_all(&frame))
-            },
+            || support::drain(pairs.iter_mut().map(|(_, c)| c)),
+            |()| black_box(support::broadcast(&hub, &update)),
             BatchSize::PerIteration,
         )
     });
-    drop(sockets);
+    drop(pairs);
 }
 
 criterion_group!(benches, frames, prize_pick, broadcast);
