@@ -24,11 +24,6 @@ use protocol::ServerFrame;
 use restaurant_points::Config;
 use restaurant_points::config::{Secret, StorageBackend};
 use restaurant_points::net::TrustedProxies;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::{Value, json};
 use sqlx::MySqlPool;
 use std::net::SocketAddr;
@@ -193,76 +188,14 @@ impl Drop for TempDir {
 // TLS: trusting exactly scripts/cert's certificate
 // ---------------------------------------------------------------------------
 
-/// scripts/cert marks its self-signed certificate `CA:TRUE`, and webpki
-/// (rustls's verifier, also behind reqwest's `rustls` feature) refuses a CA
-/// certificate as a server's own (`CaUsedAsEndEntity`) even when it is the
-/// trusted root. So the tests pin it: the server must present exactly that
-/// certificate, for the address dialled, and prove in the handshake that
-/// it holds its key.
-#[derive(Debug)]
-struct PinnedCert {
-    cert: CertificateDer<'static>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() != self.cert.as_ref() {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ));
-        }
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_name(&parsed, server_name)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// A rustls client configuration that trusts scripts/cert's certificate
-/// (no ALPN: the socket's upgrade is HTTP/1.1).
+/// A rustls client configuration that trusts exactly scripts/cert's
+/// certificate: the load generator's (`loadtest::tls`), which pins a
+/// `CA:TRUE` self-signed certificate that webpki alone would refuse as a
+/// server's own. No ALPN: the socket's upgrade is HTTP/1.1.
 fn tls_config() -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cert = CertificateDer::from_pem_file(&tools().tls_cert)
+    let config = loadtest::tls::client_config(&tools().tls_cert)
         .expect("scripts/cert's certificate is a PEM file");
-    let verifier = PinnedCert {
-        cert,
-        algorithms: provider.signature_verification_algorithms,
-    };
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth()
+    (*config).clone()
 }
 
 /// Opens a WSS socket through nginx; the upgrade's refusal is an error.
